@@ -1,0 +1,111 @@
+"Tests of the benchmark helpers (bench/_common.py) and a smoke run of bench/loaders.py on a tiny file."
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO / 'bench'))
+import _common as C  # noqa: E402
+
+
+@pytest.fixture
+def target_file(tmp_path):
+    p = tmp_path / 'tgt.py'
+    p.write_text(textwrap.dedent('''
+        import os, time
+        def alloc(mb=0, value=1):
+            buf = bytearray(mb * 2**20)
+            for i in range(0, len(buf), 4096): buf[i] = 1   # touch pages so they count as resident
+            return {'value': value, 'pid': os.getpid(), 'label': 'x'}
+        def boom():
+            raise ValueError('bad thing in target')
+        def not_a_dict():
+            return [1, 2]
+        def sleepy(s=5):
+            time.sleep(s); return {}
+    '''))
+    return p
+
+
+def test_fresh_process_returns_dict_and_peak_rss(target_file):
+    small = C.run_in_fresh_process(f'{target_file}:alloc', {'mb': 0, 'value': 7})
+    big = C.run_in_fresh_process(f'{target_file}:alloc', {'mb': 200})
+    assert 'error' not in small, small
+    assert small['value'] == 7 and small['label'] == 'x'
+    assert small['pid'] != os.getpid() and small['pid'] != big['pid']
+    # the 200 MB buffer shows in the child's own peak RSS
+    assert big['peak_rss_mb'] > 200 and big['peak_rss_mb'] - small['peak_rss_mb'] > 100, (small['peak_rss_mb'], big['peak_rss_mb'])
+    assert small['wall_s'] > 0 and small['returncode'] == 0
+
+
+def test_fresh_process_module_target_and_env():
+    r = C.run_in_fresh_process('os:getcwd', {})   # returns a str, not a dict -> reported as an error
+    assert 'expected dict' in r['error']
+    r = C.run_in_fresh_process('platform:uname', {})
+    assert 'error' in r
+
+
+def test_fresh_process_errors_do_not_raise(target_file):
+    r = C.run_in_fresh_process(f'{target_file}:boom')
+    assert r['error'] == 'ValueError: bad thing in target' and 'Traceback' in r['traceback']
+    r = C.run_in_fresh_process(f'{target_file}:not_a_dict')
+    assert 'returned list, expected dict' in r['error']
+    t0 = time.perf_counter()
+    r = C.run_in_fresh_process(f'{target_file}:sleepy', {'s': 30}, timeout=3)
+    assert 'timed out after 3' in r['error'] and time.perf_counter() - t0 < 20
+    with pytest.raises(ValueError, match="expected 'module:function'"): C.run_in_fresh_process('nocolon')
+    with pytest.raises(FileNotFoundError, match='not found'): C.run_in_fresh_process('/no/such/file.py:f')
+
+
+def test_interleaved_round_robin_and_medians(target_file):
+    cands = {'a': (f'{target_file}:alloc', {'value': 1}), 'b': (f'{target_file}:alloc', {'value': 10}),
+             'bad': (f'{target_file}:boom', {})}
+    rows = C.interleaved(cands, repeats=2, verbose=False)
+    assert [r['name'] for r in rows] == ['a', 'b', 'bad', 'b', 'bad', 'a']   # round-robin, rotated each round
+    assert [r['repeat'] for r in rows] == [0, 0, 0, 1, 1, 1]
+    med = {m['name']: m for m in C.medians(rows)}
+    assert med['a']['value'] == 1 and med['b']['value'] == 10 and med['a']['n_ok'] == 2
+    assert med['bad']['n_ok'] == 0 and 'bad thing' in med['bad']['error'] and 'value' not in med['bad']
+    assert C.medians([{'name': 'x', 'v': 1}, {'name': 'x', 'v': 5}, {'name': 'x', 'v': 2}])[0]['v'] == 2
+
+
+def test_format_table_aligns():
+    rows = [{'name': 'spatial_dl', 'rate': 41234.5}, {'name': 'x', 'rate': None}, {'name': 'longer_name', 'rate': 7.0}]
+    s = C.format_table(rows, ['name', ('rate', 'cells/s', '{:,.0f}')])
+    lines = s.splitlines()
+    assert lines[0].split() == ['name', 'cells/s'] and set(lines[1]) <= {'-', ' '}
+    assert lines[2].endswith('41,234') and lines[3].endswith('-') and lines[4].endswith('7')
+    assert len({len(l) for l in (lines[0], lines[2], lines[3], lines[4])}) == 1   # numbers right-aligned
+
+
+def test_target_and_write_json(tmp_path):
+    assert C.target(3, '>=', 2)['pass'] is True and C.target(1, '>=', 2)['pass'] is False
+    assert C.target(None, '<', 1)['pass'] is None and C.target(0.5, '<', 1)['target'] == '< 1'
+    with pytest.raises(ValueError, match='op'): C.target(1, '=>', 2)
+    out = tmp_path / 'sub' / 'r.json'
+    C.write_json(out, [{'name': 'a', 'v': 1}], {'r': C.target(2.5, '>=', 2.4)}, extra={'medians': []})
+    doc = json.loads(out.read_text())
+    assert doc['ratios']['r']['pass'] is True and doc['rows'] == [{'name': 'a', 'v': 1}]
+    m = doc['machine']
+    for k in ('cpu_model', 'cpu_count', 'ram_gb', 'os', 'python', 'packages', 'git', 'env', 'date_utc'):
+        assert k in m, k
+    assert doc['versions']['numpy'] and m['git']['commit']
+    assert {k for k in os.environ if k.startswith('OPENBLAS_')} == {k for k in m['env'] if k.startswith('OPENBLAS_')}
+    assert [p.name for p in out.parent.iterdir()] == ['r.json']   # no temporary file left behind
+
+
+def test_time_batches():
+    def gen():
+        for i in range(20):
+            time.sleep(0.01)
+            yield list(range(10))
+    r = C.time_batches(gen(), n_batches=5, warmup=2)
+    assert r['n_batches'] == 1 + 2 + 5 and r['n_items'] == 80
+    assert 400 < r['items_per_s'] < 1100 and r['first_batch_s'] >= 0.009
+    assert C.base_argparser('x').parse_args(['--quick', '--json', 'a.json']).json == 'a.json'
