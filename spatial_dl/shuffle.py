@@ -315,14 +315,12 @@ class SequentialShuffleStrategy(ShuffleStrategy):
     name = 'sequential'
     def order(self, n, rng): return np.arange(n, dtype=np.int64)
 
-# %% ../nbs/02_shuffle.ipynb #b4dd087f
+# %% ../nbs/02_shuffle.ipynb #27b4a9f6
 def _block_order(n: int, bs: int, rng: np.random.Generator) -> np.ndarray:
     "Positions `0..n-1` as randomly ordered contiguous blocks of `bs` (the last block may be short)."
     nb = -(-n // bs)
-    starts = rng.permutation(nb).astype(np.int64) * bs
-    lens = np.minimum(bs, n - starts)
-    out_start = np.cumsum(lens) - lens
-    return np.arange(n, dtype=np.int64) + np.repeat(starts - out_start, lens)
+    out = (rng.permutation(nb).astype(np.int64)[:, None] * bs + np.arange(bs, dtype=np.int64)).ravel()
+    return out if nb * bs == n else out[out < n]            # only the short last block overflows: drop its tail
 
 class BlockShuffleStrategy(ShuffleStrategy):
     "Random contiguous blocks of `block_size` rows, grouped into fetches of `fetch_factor × batch_size` rows shuffled in memory."

@@ -1,0 +1,250 @@
+"""Property tests for spatial_dl.shuffle: exactly-once delivery, equal batch counts, worker independence, epochs, splits."""
+import pickle
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from spatial_dl.core import DistInfo
+from spatial_dl.shuffle import (BlockShuffleStrategy, RandomShuffleStrategy, SequentialShuffleStrategy, FetchPlan,
+                                SplitInfo, ShuffleStrategy, group_split, plan_world, random_split)
+
+SETTINGS = dict(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+strategies = st.one_of(
+    st.builds(SequentialShuffleStrategy, fetch_factor=st.integers(1, 5)),
+    st.builds(BlockShuffleStrategy, block_size=st.integers(1, 9), fetch_factor=st.integers(1, 5)),
+    st.builds(RandomShuffleStrategy, fetch_factor=st.integers(1, 5)),
+)
+modes = st.sampled_from([(False, False), (True, False), (False, True)])
+
+
+def feasible(n, b, w, drop_last, pad):
+    "Whether the mode can be satisfied (mirrors the documented rule)."
+    if drop_last: return n // (w * b) >= 1
+    return pad or n // w >= -(-n // (w * b))
+
+
+def batches_of(plan: FetchPlan):
+    return [tuple(x.tolist()) for x in plan.batches()]
+
+
+@settings(**SETTINGS)
+@given(strategy=strategies, n=st.integers(1, 300), b=st.integers(1, 17), world=st.sampled_from([1, 2, 3]),
+       num_workers=st.sampled_from([0, 1, 2]), mode=modes, seed=st.integers(0, 2**31), epoch=st.integers(0, 5),
+       offset=st.integers(0, 1000))
+def test_exactly_once_and_equal_batches(strategy, n, b, world, num_workers, mode, seed, epoch, offset):
+    drop_last, pad = mode
+    indices = np.arange(offset, offset + 2 * n, 2)               # global row ids need not be 0..n-1
+    if not feasible(n, b, world, drop_last, pad):
+        with pytest.raises(ValueError, match='drop_last|pad=True'):
+            strategy.plan(indices, b, seed, epoch, DistInfo(0, world), drop_last, pad)
+        return
+    plans = plan_world(strategy, indices, b, world, num_workers, seed, epoch, drop_last, pad)
+    rows = np.concatenate([p.rows for p in plans.values()])
+    u, counts = np.unique(rows, return_counts=True)
+    assert set(u.tolist()) <= set(indices.tolist())
+    k = strategy.num_batches(n, b, world, drop_last, pad)
+    if drop_last:
+        assert counts.max() == 1 and len(rows) == k * world * b and n - len(rows) < world * b
+    elif pad:
+        assert set(u.tolist()) == set(indices.tolist()) and len(rows) == k * world * b
+        assert len(rows) - n < world * b                        # padding is less than one batch per rank
+    else:
+        np.testing.assert_array_equal(np.sort(rows), indices)   # exactly once
+    m = max(1, num_workers)
+    for r in range(world):
+        rank_batches = [bt for w in range(m) for bt in batches_of(plans[r, w])]
+        assert len(rank_batches) == k                            # equal on every rank
+        assert sum(plans[r, w].n_batches for w in range(m)) == plans[r, 0].rank_batches == k
+        sizes = [len(bt) for bt in rank_batches]
+        assert min(sizes) >= 1 and max(sizes) <= b
+        if drop_last or pad: assert set(sizes) == {b}
+
+
+@settings(**SETTINGS)
+@given(strategy=strategies, n=st.integers(30, 400), b=st.integers(1, 9), world=st.sampled_from([1, 2, 3]),
+       mode=modes, seed=st.integers(0, 1000))
+def test_rank_sees_same_cells_whatever_num_workers(strategy, n, b, world, mode, seed):
+    drop_last, pad = mode
+    if not feasible(n, b, world, drop_last, pad): return
+    per_workers = {}
+    for nw in (0, 1, 2, 3):
+        plans = plan_world(strategy, n, b, world, nw, seed, 2, drop_last, pad)
+        per_workers[nw] = [sorted(bt for w in range(max(1, nw)) for bt in batches_of(plans[r, w])) for r in range(world)]
+    assert per_workers[0] == per_workers[1] == per_workers[2] == per_workers[3]
+
+
+@settings(**SETTINGS)
+@given(strategy=st.one_of(st.builds(BlockShuffleStrategy, block_size=st.integers(1, 4), fetch_factor=st.integers(1, 4)),
+                          st.builds(RandomShuffleStrategy, fetch_factor=st.integers(1, 4))),
+       n=st.integers(200, 2000), b=st.integers(2, 32), seed=st.integers(0, 2**31))
+def test_epochs_reproducible_and_different(strategy, n, b, seed):
+    same = [strategy.plan(n, b, seed, 3, DistInfo()).rows for _ in range(2)]
+    np.testing.assert_array_equal(*same)
+    assert not np.array_equal(same[0], strategy.plan(n, b, seed, 4, DistInfo()).rows)
+    assert not np.array_equal(same[0], strategy.plan(n, b, seed + 1, 3, DistInfo()).rows)
+
+
+def test_sequential_is_identity_and_epoch_free():
+    s = SequentialShuffleStrategy(fetch_factor=3)
+    rows = [s.plan(100, 4, seed=0, epoch=e, dist=DistInfo()).rows for e in (0, 7)]
+    np.testing.assert_array_equal(rows[0], np.arange(100))
+    np.testing.assert_array_equal(rows[1], np.arange(100))
+    ranks = plan_world(s, 100, 4, world_size=2, num_workers=0)
+    np.testing.assert_array_equal(np.concatenate([ranks[0, 0].rows, ranks[1, 0].rows]), np.arange(100))
+
+
+@settings(**SETTINGS)
+@given(bs=st.integers(1, 64), ff=st.integers(1, 8), b=st.integers(1, 64), n=st.integers(1, 5000),
+       seed=st.integers(0, 100))
+def test_block_fetches_keep_blocks_contiguous(bs, ff, b, n, seed):
+    "A fetch covers whole blocks (plus at most two partial ones at its cuts), so a sorted read needs few runs."
+    if n < b: return
+    p = BlockShuffleStrategy(bs, ff).plan(n, b, seed, 0, DistInfo())
+    for f in p.fetches:
+        runs = 1 + np.count_nonzero(np.diff(np.sort(f)) != 1)
+        assert runs <= -(-len(f) // bs) + 1
+
+
+def test_block_size_one_is_a_permutation_with_no_block_structure():
+    p = BlockShuffleStrategy(1, 4).plan(1000, 10, seed=0, epoch=0, dist=DistInfo())
+    np.testing.assert_array_equal(np.sort(p.rows), np.arange(1000))
+    assert p.n_runs > 500                                        # random rows: many separate runs
+
+
+def test_planning_ten_million_rows_is_vectorised():
+    "Correctness at scale (timing targets live in benchmarks): 10^7 rows over 2 ranks × 2 workers, exactly once."
+    n, b = 10_000_000, 256
+    s = BlockShuffleStrategy(16, 16)
+    total = 0
+    seen = np.zeros(n, np.uint8)
+    for r in range(2):
+        for w in range(2):
+            rows = s.plan(n, b, 0, 1, DistInfo(r, 2, w, 2)).rows
+            seen[rows] += 1                                      # rows within one plan are distinct
+            total += len(rows)
+    assert total == n and seen.min() == 1 and seen.max() == 1
+
+
+def test_plan_pickles_and_is_read_only():
+    p = BlockShuffleStrategy(4, 2).plan(100, 8, seed=1, epoch=2, dist=DistInfo(1, 2, 1, 2))
+    q = pickle.loads(pickle.dumps(p))
+    assert q.dist == p.dist and q.epoch == 2
+    np.testing.assert_array_equal(q.rows, p.rows)
+    with pytest.raises(ValueError, match='read-only'):
+        p.fetches[0][0] = 5
+    assert 'rank 1/2' in repr(p) and 'worker 1/2' in repr(p)
+
+
+# ---------------------------------------------------------------- splits
+
+@settings(**SETTINGS)
+@given(n=st.integers(1, 3000), fracs=st.lists(st.integers(0, 10), min_size=1, max_size=5).filter(lambda x: sum(x) > 0),
+       seed=st.integers(0, 2**31), method=st.sampled_from(['deterministic', 'multinomial', 'stochastic_rounding']))
+def test_random_split_disjoint_covering_reproducible(n, fracs, seed, method):
+    f = [x / sum(fracs) for x in fracs]
+    idx = np.arange(5, 5 + 3 * n, 3)
+    parts = random_split(idx, *f, seed=seed, method=method)
+    assert len(parts) == len(f)
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), idx)
+    for p in parts: assert np.all(np.diff(p) > 0)                  # sorted, no repeats
+    again = random_split(idx, *f, seed=seed, method=method)
+    for a, b in zip(parts, again): np.testing.assert_array_equal(a, b)
+    for p, fr in zip(parts, f):
+        if fr == 0: assert len(p) == 0
+        if method != 'multinomial': assert abs(len(p) - n * fr) < 1 + 1e-9
+
+
+def test_random_split_methods_differ_in_size_distribution():
+    sizes = lambda m: {tuple(len(x) for x in random_split(101, 0.5, 0.5, seed=s, method=m)) for s in range(40)}
+    assert sizes('deterministic') == {(51, 50)}                  # always the same sizes
+    assert sizes('stochastic_rounding') == {(51, 50), (50, 51)}  # floor or ceil, at random
+    assert len(sizes('multinomial')) > 3                         # every row draws its split
+
+
+def test_random_split_seed_changes_assignment():
+    assert not np.array_equal(random_split(1000, .5, .5, seed=0)[0], random_split(1000, .5, .5, seed=1)[0])
+
+
+@settings(**SETTINGS)
+@given(sizes=st.lists(st.integers(1, 50), min_size=3, max_size=20), seed=st.integers(0, 2**31),
+       fracs=st.sampled_from([(0.6, 0.2, 0.2), (0.8, 0.2), (0.5, 0.0, 0.5), (1.0,), (0.34, 0.33, 0.33)]))
+def test_group_split_never_splits_a_group(sizes, seed, fracs):
+    groups = np.repeat([f"slide{i}" for i in range(len(sizes))], sizes)
+    parts = group_split(groups, *fracs, seed=seed)
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(groups)))
+    owner = {}
+    for k, p in enumerate(parts):
+        for g in set(groups[p].tolist()):
+            assert owner.setdefault(g, k) == k                   # no group in two splits
+        if fracs[k] > 0: assert len(p) > 0
+        else: assert len(p) == 0
+    again = group_split(groups, *fracs, seed=seed)
+    for a, b in zip(parts, again): np.testing.assert_array_equal(a, b)
+
+
+def test_group_split_tracks_row_fractions_with_many_groups():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 200, 20_000)
+    tr, va, te = group_split(groups, 0.7, 0.2, 0.1, seed=0)
+    n = len(groups)
+    assert abs(len(tr) / n - 0.7) < 0.03 and abs(len(va) / n - 0.2) < 0.03 and abs(len(te) / n - 0.1) < 0.03
+
+
+def test_group_split_with_indices_and_categorical():
+    import pandas as pd
+    g = pd.Categorical(['a'] * 5 + ['b'] * 5 + ['c'] * 5)
+    idx = np.arange(100, 115)
+    parts = group_split(g, 0.4, 0.3, 0.3, seed=2, indices=idx)
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), idx)
+    assert all(len(p) == 5 for p in parts)
+
+
+def test_strategy_split_gives_splitinfo():
+    s = BlockShuffleStrategy()
+    info = s.split(1000, val_size=0.1, test_size=0.2, seed=3, files=['a.h5ad', 'b.h5ad'], mini_batch_size=64,
+                   metadata={'label': 'cell_type'})
+    assert isinstance(info, SplitInfo)
+    assert (len(info.train_indices), len(info.val_indices), len(info.test_indices)) == (700, 100, 200)
+    d = info.to_dict(as_lists=True)
+    assert d['files'] == ['a.h5ad', 'b.h5ad'] and d['mini_batch_size'] == 64 and isinstance(d['train_indices'], list)
+    groups = np.repeat(np.arange(10), 100)
+    ginfo = s.split(1000, val_size=0.2, test_size=0.1, groups=groups)
+    assert not set(groups[ginfo.train_indices]) & set(groups[ginfo.val_indices])
+    plan = s.plan(info.train_indices, 64, dist=DistInfo())
+    np.testing.assert_array_equal(np.sort(plan.rows), info.train_indices)
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize('call, message', [
+    (lambda: BlockShuffleStrategy(block_size=0), 'block_size must be a positive integer'),
+    (lambda: BlockShuffleStrategy(fetch_factor=0), 'fetch_factor must be a positive integer'),
+    (lambda: RandomShuffleStrategy(fetch_factor=2.5), 'fetch_factor must be a positive integer'),
+    (lambda: SequentialShuffleStrategy().plan(10, 0, dist=DistInfo()), 'batch_size must be a positive integer'),
+    (lambda: SequentialShuffleStrategy().plan(10, -3, dist=DistInfo()), 'batch_size must be a positive integer'),
+    (lambda: SequentialShuffleStrategy().num_batches(10, 4, 0), 'world_size must be a positive integer'),
+    (lambda: SequentialShuffleStrategy().num_batches(0, 4, 1), 'n_indices must be a positive integer'),
+    (lambda: SequentialShuffleStrategy().plan([], 4, dist=DistInfo()), 'indices is empty'),
+    (lambda: SequentialShuffleStrategy().plan(np.array([1.5]), 4, dist=DistInfo()), 'integer row ids'),
+    (lambda: SequentialShuffleStrategy().plan(10, 4, dist=(0, 2)), 'dist must be a core.DistInfo'),
+    (lambda: SequentialShuffleStrategy().plan(10, 4, dist=DistInfo(), drop_last=True, pad=True), 'exclusive'),
+    (lambda: SequentialShuffleStrategy().plan(10, 4, epoch=-1, dist=DistInfo()), 'epoch must be'),
+    (lambda: DistInfo(rank=3, world_size=2), 'rank must be in'),
+    (lambda: DistInfo(rank=0, world_size=0), 'world_size must be >= 1'),
+    (lambda: random_split(10, 0.7, 0.2), 'fracs must sum to 1'),
+    (lambda: random_split(10, 1.2, -0.2), 'fracs must be non-negative'),
+    (lambda: random_split(10, float('nan'), 1.0), 'fracs must be finite'),
+    (lambda: random_split(10, 1.0, method='nope'), 'method must be one of'),
+    (lambda: group_split(['a'], 0.5, 0.5), '1 distinct groups'),
+    (lambda: group_split(['a', 'b'], 1.0, indices=[1, 2, 3]), 'one entry per group label'),
+    (lambda: BlockShuffleStrategy().split(10, val_size=0.8, test_size=0.4), 'fracs must be non-negative'),
+])
+def test_bad_input_names_the_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_base_class_is_abstract():
+    with pytest.raises(TypeError):
+        ShuffleStrategy()
