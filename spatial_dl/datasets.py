@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['DEFAULT_DATASET', 'simulate_spatial', 'hex_neighbors', 'write_spatial_dataset', 'data_home', 'default_dataset',
-           'write_cells_h5ad', 'pbmc68k_reduced']
+           'write_cells_h5ad', 'pbmc68k_reduced', 'simulate_main']
 
-# %% ../nbs/01_datasets.ipynb #bffb293b
-import os, json
+# %% ../nbs/01_datasets.ipynb #5faa8ab6
+import os, json, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -158,32 +158,17 @@ def default_dataset(data_dir: str|Path|None=None, # where to keep it; `data_home
     with atomic_write(stamp) as tmp: tmp.write_text(json.dumps({'params': DEFAULT_DATASET, 'files': [p.name for p in paths]}))
     return paths
 
-# %% ../nbs/01_datasets.ipynb #0bdeccdf
-def _sample_rows(rng, types, m, cdf_all, n_vars):
-    "Exactly `m[i]` distinct genes for each row i (sorted), drawn from its cell type's profile; returns (indptr counts, indices)."
-    n = len(types)
-    k = (m * 1.8).astype(np.int64) + 16
-    rows = np.repeat(np.arange(n), k)
-    genes = np.searchsorted(cdf_all, types[rows] + rng.random(len(rows))) - types[rows]*n_vars
-    genes = np.clip(genes, 0, n_vars-1)
-    keys = np.unique(rows * n_vars + genes)
-    got = np.bincount(keys // n_vars, minlength=n)
-    short = np.flatnonzero(got < m)
-    if len(short):  # rare: top up with uniform draws of genes not yet chosen
-        extra = []
-        have = {r: set((keys[keys // n_vars == r] % n_vars).tolist()) for r in short}
-        for r in short:
-            pool = np.setdiff1d(np.arange(n_vars), np.fromiter(have[r], np.int64))
-            extra.append(r*n_vars + rng.choice(pool, m[r] - got[r], replace=False))
-        keys = np.unique(np.concatenate([keys, *extra]))
-    row_of = keys // n_vars
-    order = np.lexsort((rng.random(len(keys)), row_of))
-    starts = np.concatenate([[0], np.cumsum(np.bincount(row_of, minlength=n))[:-1]])
-    rank = np.arange(len(keys)) - starts[row_of[order]]
-    kept = np.sort(keys[order][rank < m[row_of[order]]])
-    return (kept % n_vars).astype(np.int32)
+# %% ../nbs/01_datasets.ipynb #6941e028
+def _inclusion_scale(prof: np.ndarray, target: float) -> float:
+    "λ such that a cell including gene g with probability 1 - exp(-λ p_g) has `target` nonzeros on average."
+    lo, hi = 0.0, 1.0
+    while (-np.expm1(-hi*prof)).sum() < target: hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (-np.expm1(-mid*prof)).sum() < target else (lo, mid)
+    return (lo + hi) / 2
 
-# %% ../nbs/01_datasets.ipynb #50ec64d3
+# %% ../nbs/01_datasets.ipynb #860939a3
 def write_cells_h5ad(path: str|Path, # output .h5ad
                      n_obs: int=100_000, # cells (rows)
                      n_vars: int=20_000, # genes (columns)
@@ -191,7 +176,7 @@ def write_cells_h5ad(path: str|Path, # output .h5ad
                      n_samples: int=4, # samples; rows are sorted by sample, then cell type
                      n_cell_types: int=20, # cell types (obs['cell_type'])
                      seed: int=0, # deterministic output
-                     chunk_size: int=4096, # cells generated per chunk (bounds memory)
+                     chunk_size: int=1024, # cells generated per chunk (bounds memory: chunk_size × n_vars floats)
                      overwrite: bool=False, # replace an existing file
                      progress: bool=True, # show a tqdm bar
                     ) -> Path:
@@ -204,57 +189,62 @@ def write_cells_h5ad(path: str|Path, # output .h5ad
     if nnz_per_cell > n_vars // 2: raise ValueError(f"nnz_per_cell must be at most n_vars/2 = {n_vars//2}, got {nnz_per_cell}")
     if path.exists() and not overwrite: raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     rng = make_rng(seed, 100)
-    # obs: group sizes for (sample, type), rows sorted by sample then type
     p_type = rng.dirichlet(np.full(n_cell_types, 2.0))
     sample_of = np.sort(rng.integers(0, n_samples, n_obs))
     type_of = np.empty(n_obs, np.int64)
     for s in range(n_samples):
         idx = np.flatnonzero(sample_of == s)
         type_of[idx] = np.sort(rng.choice(n_cell_types, len(idx), p=p_type))
-    m = np.clip(np.round(nnz_per_cell * rng.lognormal(-0.03, 0.25, n_obs)), 20, n_vars // 2).astype(np.int64)
-    # per-type gene profiles (cumulative, concatenated with offsets so one searchsorted serves every type)
+    depth = rng.lognormal(-0.03, 0.25, n_obs)
+    # each cell type: a skewed gene profile with its own marker genes; a gene is detected in a cell with
+    # probability 1 - exp(-λ_t · depth · p_tg), λ_t tuned so a typical cell has `nnz_per_cell` nonzeros
     base = rng.lognormal(0, 1.2, n_vars)
     prof = np.tile(base, (n_cell_types, 1))
     for t in range(n_cell_types):
         mk = rng.choice(n_vars, n_vars // 50, replace=False); prof[t, mk] *= np.exp(rng.normal(2.0, 0.5, len(mk)))
     prof /= prof.sum(1, keepdims=True)
-    cdf_all = (np.cumsum(prof, 1) + np.arange(n_cell_types)[:, None]).ravel()
-    nnz = int(m.sum())
-    with atomic_write(path, overwrite=overwrite) as tmp:
+    lam = np.array([_inclusion_scale(prof[t], nnz_per_cell) for t in range(n_cell_types)])
+    counts = np.zeros(n_obs, np.int64)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, atomic_write(path, overwrite=overwrite) as tmp:
+        # pass 1: generate rows chunk by chunk into flat scratch files (total nonzeros unknown until the end)
+        fi, fd = open(Path(scratch)/'indices.bin', 'wb'), open(Path(scratch)/'data.bin', 'wb')
+        for a in tqdm(range(0, n_obs, chunk_size), desc=f'simulating {path.name}', disable=not progress):
+            b = min(a + chunk_size, n_obs)
+            crng = make_rng(seed, 101, a)
+            t = type_of[a:b]
+            q = -np.expm1(-(lam[t] * depth[a:b])[:, None] * prof[t])
+            rows, cols = np.nonzero(crng.random(q.shape, dtype=np.float32) < q)
+            counts[a:b] = np.bincount(rows, minlength=b-a)
+            cols.astype(np.int32).tofile(fi)
+            crng.geometric(0.55, len(cols)).astype(np.float32).tofile(fd)
+        fi.close(); fd.close()
+        nnz = int(counts.sum()); indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        # pass 2: contiguous, uncompressed datasets, as anndata writes them by default
         with h5py.File(tmp, 'w') as f:
             f.attrs['encoding-type'] = 'anndata'; f.attrs['encoding-version'] = '0.1.0'
             g = f.create_group('X')
             g.attrs['encoding-type'] = 'csr_matrix'; g.attrs['encoding-version'] = '0.1.0'; g.attrs['shape'] = (n_obs, n_vars)
-            g.create_dataset('indptr', data=np.concatenate([[0], np.cumsum(m)]).astype(np.int64))
-            data = g.create_dataset('data', shape=(nnz,), dtype=np.float32)
-            indices = g.create_dataset('indices', shape=(nnz,), dtype=np.int32)
-            pos = 0
-            for a in tqdm(range(0, n_obs, chunk_size), desc=f'writing {path.name}', disable=not progress):
-                b = min(a + chunk_size, n_obs)
-                crng = make_rng(seed, 101, a)
-                idx = _sample_rows(crng, type_of[a:b], m[a:b], cdf_all, n_vars)
-                vals = (1 + crng.geometric(0.55, len(idx)) - 1).astype(np.float32)
-                indices[pos:pos+len(idx)] = idx; data[pos:pos+len(idx)] = vals; pos += len(idx)
-            assert pos == nnz
+            g.create_dataset('indptr', data=indptr)
+            for name, dtype in (('indices', np.int32), ('data', np.float32)):
+                src = np.memmap(Path(scratch)/f'{name}.bin', dtype=dtype, mode='r', shape=(nnz,)) if nnz else np.zeros(0, dtype)
+                dset = g.create_dataset(name, shape=(nnz,), dtype=dtype)
+                for s0 in range(0, nnz, 1 << 24): dset[s0:s0 + (1 << 24)] = src[s0:s0 + (1 << 24)]
+                if name == 'data':
+                    sums = np.add.reduceat(src, indptr[:-1]) if nnz else np.zeros(n_obs)
+                    sums[counts == 0] = 0
+                del src
             obs = pd.DataFrame({
                 'sample': pd.Categorical.from_codes(sample_of, [f"sample_{s}" for s in range(n_samples)]),
                 'cell_type': pd.Categorical.from_codes(type_of, [f"celltype_{t:02d}" for t in range(n_cell_types)]),
+                'n_counts': np.asarray(sums, np.float32),
             }, index=[f"cell_{i:08d}" for i in range(n_obs)])
-            indptr = np.concatenate([[0], np.cumsum(m)])
-            # n_counts: sum of values per row, computed from the written data in chunks
-            sums = np.empty(n_obs, np.float32)
-            for a in range(0, n_obs, chunk_size*4):
-                b = min(a + chunk_size*4, n_obs)
-                d = data[indptr[a]:indptr[b]]
-                sums[a:b] = np.add.reduceat(d, indptr[a:b] - indptr[a]) if len(d) else 0
-            obs['n_counts'] = sums
             write_elem(f, 'obs', obs)
             write_elem(f, 'var', pd.DataFrame({'ensembl_id': [f"ENSSIMG{g:011d}" for g in range(n_vars)]},
                                               index=[f"G{g:05d}" for g in range(n_vars)]))
             for k in ('obsm', 'varm', 'obsp', 'varp', 'layers', 'uns'): write_elem(f, k, {})
     return path
 
-# %% ../nbs/01_datasets.ipynb #05c07aac
+# %% ../nbs/01_datasets.ipynb #33ac0884
 def pbmc68k_reduced() -> ad.AnnData:
     "scanpy's bundled 700 × 765 PBMC example (processed values, not counts), read from the installed wheel."
     import scanpy as sc
@@ -263,3 +253,25 @@ def pbmc68k_reduced() -> ad.AnnData:
     a = ad.read_h5ad(p)
     a.uns['spatial_dl_note'] = 'X is log-normalised and scaled; .raw is log-normalised; no raw counts.'
     return a
+
+# %% ../nbs/01_datasets.ipynb #990edec1
+def simulate_main(argv: list[str]|None=None) -> int:
+    "`spatial-dl simulate`: write simulated spatial slides, or with `--cells` the large single-cell benchmark file."
+    import argparse
+    ap = argparse.ArgumentParser(prog='spatial-dl simulate', description=simulate_main.__doc__)
+    ap.add_argument('out', help='output folder (slides) or .h5ad path (with --cells)')
+    ap.add_argument('--samples', type=int, default=3); ap.add_argument('--rows', type=int, default=32)
+    ap.add_argument('--cols', type=int, default=32); ap.add_argument('--genes', type=int, default=1000)
+    ap.add_argument('--regions', type=int, default=5); ap.add_argument('--cell-types', type=int, default=8)
+    ap.add_argument('--graph', action='store_true', help="store obsp['spatial_connectivities']")
+    ap.add_argument('--cells', type=int, default=None, help='write the large single-cell file with this many cells')
+    ap.add_argument('--nnz-per-cell', type=int, default=1480)
+    ap.add_argument('--seed', type=int, default=0); ap.add_argument('--overwrite', action='store_true')
+    a = ap.parse_args(argv)
+    if a.cells:
+        p = write_cells_h5ad(a.out, n_obs=a.cells, n_vars=a.genes if a.genes != 1000 else 20_000, nnz_per_cell=a.nnz_per_cell,
+                             n_samples=a.samples, seed=a.seed, overwrite=a.overwrite)
+        print(f"wrote {p}"); return 0
+    paths = write_spatial_dataset(a.out, overwrite=a.overwrite, n_samples=a.samples, n_rows=a.rows, n_cols=a.cols,
+                                  n_genes=a.genes, n_regions=a.regions, n_cell_types=a.cell_types, with_graph=a.graph, seed=a.seed)
+    print(f"wrote {len(paths)} slides to {a.out}: " + ', '.join(p.name for p in paths)); return 0

@@ -31,8 +31,11 @@ def main() -> int:
                 if not filecmp.cmp(a/f, b/f, shallow=False):
                     what = 'not what the notebooks export (run nbdev_export)' if sub == 'spatial_dl' else 'not clean (run nbdev_clean)'
                     problems.append(f"{sub}/{f}: {what}")
+    sys.path.insert(0, str(root/'tools'))
+    import make_readme
+    if make_readme.main(check=True, root=root): problems.append('README.md: not what nbs/index.ipynb generates (run python tools/make_readme.py)')
     for p in problems: print('SYNC ERROR:', p)
-    if not problems: print('spatial_dl/ matches the notebooks; notebooks are clean')
+    if not problems: print('spatial_dl/ matches the notebooks; notebooks are clean; README.md matches nbs/index.ipynb')
     return 1 if problems else 0
 
 if __name__ == '__main__': sys.exit(main())

@@ -1,0 +1,95 @@
+"""Build the docs site into `_docs/` without Quarto.
+
+nbdev's own notebook processing (`nbdev.serve.proc_nbs`: adds and runs `show_doc` for every exported name, drops
+hidden cells, handles directives) followed by nbconvert's HTML exporter, plus a navigation bar on every page.
+Users with Quarto installed keep the standard path: `nbdev_docs` (it reads `_quarto.yml`, symlinked into nbs/).
+
+    python tools/build_docs.py [--out _docs] [--force]
+"""
+import argparse, html, json, os, re, shutil, sys, tempfile
+from pathlib import Path
+
+root = Path(__file__).resolve().parent.parent
+
+def _frontmatter(nb) -> dict:
+    "Title/description from the raw '---' cell nbdev's processing writes (or from the first heading)."
+    meta = {}
+    for c in nb.cells:
+        if c.cell_type == 'raw' and c.source.strip().startswith('---'):
+            for line in c.source.strip().strip('-').splitlines():
+                if ':' in line:
+                    k, v = line.split(':', 1); meta[k.strip()] = v.strip().strip("'\"")
+            break
+    if 'title' not in meta:
+        for c in nb.cells:
+            m = re.search(r'^#\s+(.+)$', c.source, re.M) if c.cell_type == 'markdown' else None
+            if m: meta['title'] = m.group(1).strip(); break
+    return meta
+
+def _page_name(rel: Path) -> str:
+    "index.ipynb -> index.html; 03_readers.ipynb -> readers.html; tutorials/x.ipynb -> tutorials/x.html"
+    stem = re.sub(r'^\d+[a-z]?_', '', rel.stem)
+    return str(rel.with_name(stem + '.html'))
+
+def _nav(pages, current: str) -> str:
+    up = '../' * current.count('/')
+    items = []
+    for name, title in pages:
+        cls = ' class="active"' if name == current else ''
+        items.append(f'<li><a{cls} href="{up}{name}">{html.escape(title)}</a></li>')
+    return ('<nav class="sdl-nav"><a class="sdl-brand" href="' + up + 'index.html">spatial_dl</a><ul>'
+            + ''.join(items) + '</ul></nav>')
+
+NAV_CSS = """<style>
+body { margin-left: 250px !important; }
+.sdl-nav { position: fixed; top: 0; left: 0; bottom: 0; width: 230px; overflow-y: auto; padding: 1rem;
+  background: #f6f8fa; border-right: 1px solid #ddd; font: 14px/1.5 system-ui, sans-serif; z-index: 10; }
+.sdl-nav ul { list-style: none; padding: 0; margin: 0.5rem 0 0 0; }
+.sdl-nav a { color: #24292f; text-decoration: none; display: block; padding: 2px 6px; border-radius: 4px; }
+.sdl-nav a.active, .sdl-nav a:hover { background: #dde4ee; }
+.sdl-brand { font-weight: 700; font-size: 18px; }
+</style>"""
+
+def build(out: Path, force: bool=False) -> list[Path]:
+    os.chdir(root)
+    from nbdev.serve import proc_nbs
+    import nbformat
+    from nbconvert import HTMLExporter
+    proc = Path(proc_nbs(n_workers=0 if sys.platform == 'win32' else 2, force=force))
+    nbs = sorted(p for p in proc.rglob('*.ipynb') if not any(part.startswith(('_', '.')) for part in p.relative_to(proc).parts))
+    if not nbs: raise SystemExit(f"no processed notebooks found in {proc}")
+    loaded = []
+    for p in nbs:
+        rel = p.relative_to(proc)
+        nb = nbformat.read(p, as_version=4)
+        meta = _frontmatter(nb)
+        nb.cells = [c for c in nb.cells if not (c.cell_type == 'raw' and c.source.strip().startswith('---'))]
+        loaded.append((rel, nb, meta))
+    key = lambda t: (t[0].name != 'index.ipynb', len(t[0].parts) > 1, str(t[0]))
+    loaded.sort(key=key)
+    pages = [(_page_name(rel), meta.get('title', rel.stem)) for rel, _, meta in loaded]
+    exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)
+    tmp = Path(tempfile.mkdtemp(prefix='.docs.', dir=out.parent))
+    written = []
+    try:
+        for (rel, nb, meta), (name, title) in zip(loaded, pages):
+            body, _ = exporter.from_notebook_node(nb)
+            head = f'<div class="sdl-desc"><p><em>{html.escape(meta.get("description", ""))}</em></p></div>' if meta.get('description') else ''
+            body = body.replace('<title>Notebook</title>', f'<title>{html.escape(title)} – spatial_dl</title>')
+            body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + NAV_CSS + _nav(pages, name) + head, body, count=1)
+            dest = tmp/name; dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(body, encoding='utf-8'); written.append(out/name)
+        (tmp/'pages.json').write_text(json.dumps([{'page': n, 'title': t} for n, t in pages], indent=1))
+        if out.exists(): shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp)
+    return written
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--out', default=str(root/'_docs'), help='output folder (replaced atomically)')
+    ap.add_argument('--force', action='store_true', help="re-process every notebook, ignoring nbdev's _proc cache")
+    a = ap.parse_args()
+    pages = build(Path(a.out).resolve(), a.force)
+    print(f"wrote {len(pages)} pages to {a.out}; open {Path(a.out)/'index.html'}")
