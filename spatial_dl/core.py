@@ -81,7 +81,7 @@ def seed_everything(seed: int, # seed for python, numpy and torch
     except ImportError: pass
     return seed
 
-# %% ../nbs/00_core.ipynb #a960caee
+# %% ../nbs/00_core.ipynb #d3daf550
 @contextlib.contextmanager
 def atomic_write(dest: str|Path, # final path
                  overwrite: bool=True, # refuse to replace an existing `dest` when False
@@ -93,6 +93,8 @@ def atomic_write(dest: str|Path, # final path
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix='.tmp', dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
+    umask = os.umask(0); os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
     try:
         yield tmp
         os.replace(tmp, dest)
