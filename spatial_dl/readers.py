@@ -372,16 +372,14 @@ def _read_rows(self: H5adCollection, i: int, arr: _Array, starts: np.ndarray, st
 
 H5adCollection._fd, H5adCollection._h5file, H5adCollection._read_rows = _fd, _h5file, _read_rows
 
-# %% ../nbs/03_readers.ipynb #d9d59a21
+# %% ../nbs/03_readers.ipynb #6eef52e9
 def _runs(rows: np.ndarray):
     "Split sorted unique `rows` into runs of consecutive ids: (first index, last index) positions into `rows`."
     if len(rows) == 0: return np.zeros(0, np.int64), np.zeros(0, np.int64)
     brk = np.flatnonzero(np.diff(rows) != 1) + 1
     return np.r_[0, brk], np.r_[brk, len(rows)] - 1
 
-test_eq(_runs(np.array([3, 4, 5, 9, 11, 12])), (np.array([0, 3, 4]), np.array([2, 3, 5])))
-
-# %% ../nbs/03_readers.ipynb #83f60673
+# %% ../nbs/03_readers.ipynb #9c450913
 def _file_indptr(self: H5adCollection, i: int) -> np.ndarray:
     ip = self._indptr.get(i)
     if ip is None:
@@ -416,7 +414,7 @@ def _read_file_csr(self: H5adCollection, i: int, rows: np.ndarray) -> tuple:
 
 H5adCollection._read_file_csr = _read_file_csr
 
-# %% ../nbs/03_readers.ipynb #8a8c6268
+# %% ../nbs/03_readers.ipynb #1ef45cee
 def obs_column(self: H5adCollection, key: str) -> np.ndarray:
     "Column `key` of obs over all rows (categorical and string columns as int64 codes into `obs_categories(key)`)."
     hit = self._obs.get(key)
@@ -452,7 +450,7 @@ def obs_categories(self: H5adCollection, key: str) -> list|None:
 
 H5adCollection.obs_column, H5adCollection.obs_categories = obs_column, obs_categories
 
-# %% ../nbs/03_readers.ipynb #4bc5fad6
+# %% ../nbs/03_readers.ipynb #3e268c40
 def read(self: H5adCollection,
          rows, # sorted unique int64 global row ids
         ) -> ReadBlock:
