@@ -449,7 +449,7 @@ def format_tuple(sequence: str, # the window's sequence
     t, m, b = ''.join(top), ''.join(mid), ''.join(bot)
     return '\n'.join(f"window {t[i:i+width]}\n       {m[i:i+width]}\ntarget {b[i:i+width]}" for i in range(0, len(t), width))
 
-# %% ../nbs/13_genome.ipynb #56838b67
+# %% ../nbs/13_genome.ipynb #66ef7f3e
 def _open_text(path: str|Path):
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such file")
@@ -481,12 +481,14 @@ def read_fasta(path: str|Path, # FASTA file, plain or gzip/bgzip
     "`(name, normalised sequence)` for each record of a FASTA file."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such file")
-    if _is_gzip(path): records = _parse_fasta(path)
-    else:
-        import pyfaidx
-        try: fa = pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=False, rebuild=True)
-        except Exception as ex: raise ValueError(f"{path}: not a readable FASTA file ({type(ex).__name__}: {ex})") from ex
-        records = ((k, fa[k][:]) for k in fa.keys())
+    records = None
+    if not _is_gzip(path):
+        try:
+            import pyfaidx
+            fa = pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=False, rebuild=True)
+            records = ((k, fa[k][:]) for k in fa.keys())
+        except Exception: records = None   # read-only directory, irregular line widths, ...: use the streaming parser
+    if records is None: records = _parse_fasta(path)
     for name, seq in records: yield name, normalize_sequence(seq, name=f"{path} record {name}")
 
 # %% ../nbs/13_genome.ipynb #60f2e67c
@@ -534,7 +536,7 @@ def fasta_windows(path: str|Path, # FASTA file (plain, gzip or bgzip)
             for st in tile_starts(s, e, size, stride, tail):
                 yield WindowContext(name, source, seq[st:st + size], st, name if placed else None, seq[st + size:st + size + flank_bp])
 
-# %% ../nbs/13_genome.ipynb #91992e61
+# %% ../nbs/13_genome.ipynb #506c406b
 def _parse_af(info: str):
     for kv in info.split(';'):
         if kv.startswith('AF='): return kv[3:].split(',')
@@ -574,13 +576,15 @@ def read_vcf(path: str|Path, # VCF file, plain or gzip/bgzip
             except ValueError as ex: raise ValueError(f"{ex} (symbolic or missing REF is not supported)") from None
             if not ref: raise ValueError(f"{path}:{lineno}: empty REF")
             alts = alts.split(',')
+            keep = [not (a in ('*', '.', '') or a.startswith('<') or '[' in a or ']' in a) for a in alts]
+            if not any(keep): continue   # only symbolic or missing alleles
             afs = None
             if min_af is not None:
                 afs = _parse_af(info)
                 if afs is None or len(afs) != len(alts):
                     raise ValueError(f"{path}:{lineno}: min_af needs one INFO AF value per ALT allele ({len(alts)}), found {afs}")
             for i, alt in enumerate(alts):
-                if alt in ('*', '.', '') or alt.startswith('<') or '[' in alt or ']' in alt: continue
+                if not keep[i]: continue
                 if afs is not None:
                     try: af = float(afs[i])
                     except ValueError: af = float('nan')
