@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['ideal_mixing', 'batch_mixing', 'simulated_ideal', 'mixing_report', 'batch_composition', 'default_strategies',
-           'plot_composition', 'predicted_tv', 'mixing_grid', 'plot_mixing_grid', 'load_bench_results',
-           'mixing_explorer']
+           'plot_composition', 'predicted_tv', 'plan_image', 'plot_plans', 'mixing_grid', 'plot_mixing_grid',
+           'load_bench_results', 'mixing_explorer']
 
 # %% ../nbs/05_randomness.ipynb #0537ec9e
 import json
@@ -210,7 +210,46 @@ def predicted_tv(tv_ideal: float, # the ideal TV at this batch size (`ideal_mixi
     bs, ff = check_positive_int(block_size, 'block_size'), check_positive_int(fetch_factor, 'fetch_factor')
     return float(min(tv_ideal * np.sqrt(1 + (bs - 1) / ff), tv_max))
 
-# %% ../nbs/05_randomness.ipynb #681d0110
+# %% ../nbs/05_randomness.ipynb #d553700d
+def plan_image(strategy: ShuffleStrategy, # the strategy to draw
+               n: int, # rows in the file
+               batch_size: int, # mini-batch size
+               world_size: int=2, # DDP ranks
+               num_workers: int=2, # DataLoader workers per rank (0 = in the main process)
+               seed: int=0, # plan seed
+               epoch: int=0, # plan epoch
+               **kw, # `drop_last` / `pad`, passed to the plans
+              ) -> tuple[np.ndarray, list]:
+    "A (lanes × n) array: the fetch number at which each (rank, worker) lane delivers each row (NaN if it does not)."
+    from spatial_dl.shuffle import plan_world
+    plans = plan_world(strategy, n, batch_size, world_size, num_workers, seed, epoch, **kw)
+    img = np.full((len(plans), n), np.nan)
+    for lane, p in enumerate(plans.values()):
+        for i, f in enumerate(p.fetches): img[lane, f] = i
+    return img, [f"rank {r} worker {w}" for r, w in plans]
+
+def plot_plans(n: int=512, # rows in the file
+               batch_size: int=16, # mini-batch size
+               strategies: dict|None=None, # name → strategy; default sequential, block 16 / fetch 2, random (fetch 2)
+               world_size: int=2, # DDP ranks
+               num_workers: int=2, # workers per rank
+               seed: int=0, # plan seed
+               epoch: int=0, # plan epoch
+              ):
+    "One panel per strategy: which rows each (rank, worker) lane delivers, coloured by delivery time."
+    strategies = strategies or default_strategies(16, 2)
+    fig, axes = plt.subplots(len(strategies), 1, figsize=(10, 0.45 * world_size * max(1, num_workers) * len(strategies) + 1.2),
+                             squeeze=False)
+    for ax, (name, s) in zip(axes[:, 0], strategies.items()):
+        img, lanes = plan_image(s, n, batch_size, world_size, num_workers, seed, epoch)
+        ax.imshow(img, aspect='auto', interpolation='nearest', cmap='viridis')
+        ax.set_yticks(range(len(lanes)), lanes, fontsize=7)
+        ax.set_title(name, fontsize=9, loc='left')
+    axes[-1, 0].set_xlabel('row of the file (colour: fetch number in which the lane delivers it)')
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/05_randomness.ipynb #5ac8bc6d
 def mixing_grid(labels, # one label per row
                 batch_size: int, # rows per mini-batch
                 block_sizes: Sequence[int]=(1, 4, 16, 64, 256), # block sizes to try
@@ -246,7 +285,7 @@ def plot_mixing_grid(grid: pd.DataFrame, # the output of `mixing_grid`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_randomness.ipynb #165a003c
+# %% ../nbs/05_randomness.ipynb #e96d347d
 def load_bench_results(path: str|Path|None=None, # a `--json` output of `bench/loaders.py`; searched upwards from the cwd when None
                       ) -> dict|None:
     "The loader benchmark's JSON as a dict, or None when it has not been produced yet."
@@ -258,7 +297,7 @@ def load_bench_results(path: str|Path|None=None, # a `--json` output of `bench/l
         if p.exists(): return json.loads(p.read_text())
     return None
 
-# %% ../nbs/05_randomness.ipynb #800b9363
+# %% ../nbs/05_randomness.ipynb #9a1769b3
 def mixing_explorer(labels, # one label per row
                     block_sizes: Sequence[int]=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), # slider stops for block size
                     fetch_factors: Sequence[int]=(1, 2, 4, 8, 16, 32, 64), # slider stops for fetch factor

@@ -166,3 +166,15 @@ def test_load_bench_results(tmp_path, monkeypatch):
 def test_bad_input_names_the_argument(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+def test_plan_image_lanes_partition_the_file():
+    from spatial_dl.randomness import plan_image, plot_plans
+    import matplotlib.pyplot as plt
+    for s in default_strategies(4, 2).values():
+        img, lanes = plan_image(s, 300, 8, world_size=3, num_workers=2, drop_last=False)
+        assert img.shape == (6, 300) and lanes[-1] == 'rank 2 worker 1'
+        assert ((~np.isnan(img)).sum(0) == 1).all()
+    fig = plot_plans(n=128, batch_size=8, world_size=2, num_workers=1)
+    assert len(fig.axes) == 3
+    plt.close('all')
