@@ -7,12 +7,12 @@ __all__ = ['BASES', 'ALPHABET', 'IUPAC_AMBIGUOUS', 'SOURCE_GNOMAD_COMMON', 'SOUR
            'SOURCE_CLINVAR', 'DEFAULT_EDIT_SOURCE_COUNTS', 'DEFAULT_SOURCE_FALLBACKS', 'Provider', 'BASE_TOKENS',
            'PAD_TOKEN', 'normalize_sequence', 'WindowContext', 'RelEdit', 'Variant', 'edit_key', 'check_edits',
            'apply_edits', 'EditSourceCount', 'parse_mix', 'synthetic_snv_provider', 'synthetic_indel_provider',
-           'variant_provider', 'HoldoutInterval', 'HoldoutPolicy', 'TrainingTuple', 'check_mix',
+           'VariantProvider', 'variant_provider', 'HoldoutInterval', 'HoldoutPolicy', 'TrainingTuple', 'check_mix',
            'build_training_tuples', 'format_tuple', 'read_fasta', 'tile_starts', 'fasta_windows', 'read_vcf',
            'TrainingDatasetItem', 'GenomeTupleDataset', 'encode_sequence', 'encode_item', 'source_mix', 'genome_main']
 
-# %% ../nbs/13_genome.ipynb #0a51f8e4
-import bisect, gzip, io, json, argparse, sys
+# %% ../nbs/13_genome.ipynb #5a57a461
+import bisect, functools, gzip, io, json, argparse, sys
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -77,7 +77,11 @@ class WindowContext:
     @property
     def window_id(self) -> str: "Stable id `record:start-end`"; return f"{self.record_id}:{self.start_bp}-{self.end_bp}"
 
-# %% ../nbs/13_genome.ipynb #f24a685d
+# %% ../nbs/13_genome.ipynb #b5908340
+def _clean_alleles(ref, alt) -> bool:
+    "True when both alleles are non-empty uppercase ACGTN strings already (the common case, checked in C)."
+    return type(ref) is str and type(alt) is str and bool(ref) and bool(alt) and not ref.strip(ALPHABET) and not alt.strip(ALPHABET)
+
 def _check_allele(a, what: str) -> str:
     if not isinstance(a, str) or not a: raise ValueError(f"{what} must be a non-empty allele string, got {a!r}")
     return normalize_sequence(a, name=what)
@@ -93,8 +97,9 @@ class RelEdit:
         if isinstance(self.pos, bool) or not isinstance(self.pos, (int, np.integer)) or self.pos < 0:
             raise ValueError(f"RelEdit.pos must be an integer >= 0, got {self.pos!r}")
         object.__setattr__(self, 'pos', int(self.pos))
-        object.__setattr__(self, 'ref', _check_allele(self.ref, f"ref of edit at {self.pos}"))
-        object.__setattr__(self, 'alt', _check_allele(self.alt, f"alt of edit at {self.pos}"))
+        if not _clean_alleles(self.ref, self.alt):   # fast path skipped: validate/normalise with precise errors
+            object.__setattr__(self, 'ref', _check_allele(self.ref, f"ref of edit at {self.pos}"))
+            object.__setattr__(self, 'alt', _check_allele(self.alt, f"alt of edit at {self.pos}"))
         if self.ref == self.alt: raise ValueError(f"edit at {self.pos}: alt equals ref ({self.ref!r})")
 
     @property
@@ -112,7 +117,7 @@ class RelEdit:
         return 'complex'
     def overlaps(self, other: 'RelEdit') -> bool: "True when the two spans intersect"; return self.pos < other.end and other.pos < self.end
 
-# %% ../nbs/13_genome.ipynb #941a081e
+# %% ../nbs/13_genome.ipynb #4a5f1cc9
 @dataclass(frozen=True)
 class Variant:
     "An absolute VCF-style variant: `chrom`, 1-based `pos`, `ref`, `alt` (one alt allele), optional `id`."
@@ -127,8 +132,9 @@ class Variant:
         if isinstance(self.pos, bool) or not isinstance(self.pos, (int, np.integer)) or self.pos < 1:
             raise ValueError(f"variant {self.chrom}:{self.pos}: pos must be a 1-based integer >= 1")
         object.__setattr__(self, 'pos', int(self.pos))
-        object.__setattr__(self, 'ref', _check_allele(self.ref, f"ref of variant {self.chrom}:{self.pos}"))
-        object.__setattr__(self, 'alt', _check_allele(self.alt, f"alt of variant {self.chrom}:{self.pos}"))
+        if not _clean_alleles(self.ref, self.alt):
+            object.__setattr__(self, 'ref', _check_allele(self.ref, f"ref of variant {self.chrom}:{self.pos}"))
+            object.__setattr__(self, 'alt', _check_allele(self.alt, f"alt of variant {self.chrom}:{self.pos}"))
         if self.ref == self.alt: raise ValueError(f"variant {self.chrom}:{self.pos}: alt equals ref ({self.ref!r})")
 
     @property
@@ -260,35 +266,45 @@ def synthetic_indel_provider(window: WindowContext, # the window to edit
         out.append(e)
     return tuple(sorted(out))
 
-# %% ../nbs/13_genome.ipynb #77418d5f
+# %% ../nbs/13_genome.ipynb #6bc9dffe
 def _as_variant(v) -> Variant:
     if isinstance(v, Variant): return v
     if isinstance(v, (tuple, list)) and len(v) == 4: return Variant(*v)
     raise TypeError(f"variants must be Variant or (chrom, pos, ref, alt) tuples, got {v!r}")
 
-def variant_provider(variants: Iterable, # Variants or (chrom, 1-based pos, ref, alt) tuples
-                    ) -> Callable[..., tuple[RelEdit, ...]]:
-    "A provider yielding the `variants` that lie wholly inside a placed window, as relative edits (ref checked)."
-    by_chrom = {}
-    for v in map(_as_variant, variants): by_chrom.setdefault(v.chrom, []).append(v)
-    index = {c: (sorted(vs, key=lambda v: (v.start, v.end, v.alt)),) for c, vs in by_chrom.items()}
-    index = {c: (vs, [v.start for v in vs]) for c, (vs,) in index.items()}
-    def provider(window: WindowContext, count: int=0, rng=None) -> tuple[RelEdit, ...]:
-        if not window.placed or window.chrom not in index: return ()
-        vs, starts = index[window.chrom]
-        out = []
-        for v in vs[bisect.bisect_left(starts, window.start_bp):bisect.bisect_left(starts, window.end_bp)]:
-            if v.end > window.end_bp: continue
-            rel = v.start - window.start_bp
-            have = window.sequence[rel:rel + len(v.ref)]
+class VariantProvider:
+    "Provider over absolute variants, indexed by chromosome and start (a picklable callable, so DataLoader workers can be spawned)."
+    def __init__(self, variants: Iterable): # Variants or (chrom, 1-based pos, ref, alt) tuples
+        by_chrom = {}
+        for v in map(_as_variant, variants): by_chrom.setdefault(v.chrom, []).append(v)
+        self.index = {}
+        for c, vs in by_chrom.items():
+            vs.sort(key=lambda v: (v.pos, len(v.ref), v.alt))
+            self.index[c] = (vs, [v.pos - 1 for v in vs])
+        self.n_variants = sum(len(vs) for vs, _ in self.index.values())
+
+    def __repr__(self): return f"VariantProvider({self.n_variants} variants on {len(self.index)} chromosomes)"
+
+    def __call__(self, window: WindowContext, count: int=0, rng=None) -> tuple[RelEdit, ...]:
+        "The variants wholly inside `window` as relative edits (`count` and `rng` are unused)."
+        if not window.placed or window.chrom not in self.index: return ()
+        vs, starts = self.index[window.chrom]
+        out, s0, s1, seq = [], window.start_bp, window.end_bp, window.sequence
+        for v in vs[bisect.bisect_left(starts, s0):bisect.bisect_left(starts, s1)]:
+            if v.end > s1: continue
+            rel = v.start - s0
+            have = seq[rel:rel + len(v.ref)]
             if have != v.ref:
                 where = f" (line {v.line})" if v.line else ''
                 raise ValueError(f"variant {v.key}{where}: REF {v.ref!r} does not match the reference {have!r} "
                                  f"in window {window.window_id} (wrong build or contig names?)")
             out.append(RelEdit(rel, v.ref, v.alt))
         return tuple(out)
-    provider.n_variants = sum(len(vs) for vs, _ in index.values())
-    return provider
+
+def variant_provider(variants: Iterable, # Variants or (chrom, 1-based pos, ref, alt) tuples
+                    ) -> VariantProvider:
+    "A provider yielding the `variants` that lie wholly inside a placed window, as relative edits (ref checked)."
+    return VariantProvider(variants)
 
 # %% ../nbs/13_genome.ipynb #b9649120
 @dataclass(frozen=True)
@@ -354,7 +370,7 @@ class TrainingTuple:
         "JSON-ready dict; edits as `{'pos', 'ref', 'alt'}`."
         d = asdict(self); d['rel_edits'] = [asdict(e) for e in self.rel_edits]; return d
 
-# %% ../nbs/13_genome.ipynb #f3b06f76
+# %% ../nbs/13_genome.ipynb #855bbe77
 Provider = Callable[[WindowContext, int, np.random.Generator], Iterable[RelEdit]]
 
 def _as_rng(rng) -> np.random.Generator:
@@ -375,14 +391,16 @@ def check_mix(mix, # anything `parse_mix` accepts
 
 def _draw(window, source, provider, n, rng, holdouts, max_rounds):
     "Up to `n` usable non-overlapping edits from one source: (chosen, number of usable candidates)."
-    seen, what = {}, f"{source} edits for window {window.window_id}"
+    seen, what, seq = {}, f"{source} edits for window {window.window_id}", window.sequence
+    L = len(seq)
     for _ in range(max_rounds):
         new = 0
         for e in provider(window, n, rng):
             if not isinstance(e, RelEdit): e = RelEdit(*e)
-            if e.key in seen: continue
-            check_edits(window.sequence, [e], what)
-            seen[e.key] = e; new += 1
+            k = e.key
+            if k in seen: continue
+            if e.end > L or seq[e.pos:e.end] != e.ref: check_edits(seq, [e], what)   # raises the precise error
+            seen[k] = e; new += 1
         usable = [e for e in seen.values() if not (holdouts is not None and holdouts.excludes_edit(window, e))]
         chosen = []
         for i in rng.permutation(len(usable)):
@@ -536,7 +554,7 @@ def fasta_windows(path: str|Path, # FASTA file (plain, gzip or bgzip)
             for st in tile_starts(s, e, size, stride, tail):
                 yield WindowContext(name, source, seq[st:st + size], st, name if placed else None, seq[st + size:st + size + flank_bp])
 
-# %% ../nbs/13_genome.ipynb #506c406b
+# %% ../nbs/13_genome.ipynb #d22ed93e
 def _parse_af(info: str):
     for kv in info.split(';'):
         if kv.startswith('AF='): return kv[3:].split(',')
@@ -572,8 +590,9 @@ def read_vcf(path: str|Path, # VCF file, plain or gzip/bgzip
             try: pos = int(pos)
             except ValueError: raise ValueError(f"{path}:{lineno}: POS {pos!r} is not an integer") from None
             if pos < 1: raise ValueError(f"{path}:{lineno}: POS must be >= 1, found {pos}")
-            try: ref = normalize_sequence(ref, name=f"{path}:{lineno} REF")
-            except ValueError as ex: raise ValueError(f"{ex} (symbolic or missing REF is not supported)") from None
+            if not ref or ref.strip(ALPHABET):   # not plain uppercase ACGTN: normalise (lowercase, IUPAC) or refuse
+                try: ref = normalize_sequence(ref, name=f"{path}:{lineno} REF")
+                except ValueError as ex: raise ValueError(f"{ex} (symbolic or missing REF is not supported)") from None
             if not ref: raise ValueError(f"{path}:{lineno}: empty REF")
             alts = alts.split(',')
             keep = [not (a in ('*', '.', '') or a.startswith('<') or '[' in a or ']' in a) for a in alts]
@@ -589,7 +608,7 @@ def read_vcf(path: str|Path, # VCF file, plain or gzip/bgzip
                     try: af = float(afs[i])
                     except ValueError: af = float('nan')
                     if not af >= min_af: continue
-                alt = normalize_sequence(alt, name=f"{path}:{lineno} ALT")
+                if alt.strip(ALPHABET): alt = normalize_sequence(alt, name=f"{path}:{lineno} ALT")
                 if alt == ref: raise ValueError(f"{path}:{lineno}: ALT {alt!r} equals REF")
                 out.append(Variant(chrom, pos, ref, alt, None if vid == '.' else vid, lineno))
     if not header_seen: raise ValueError(f"{path}: no #CHROM header line (not a VCF file?)")
@@ -597,7 +616,7 @@ def read_vcf(path: str|Path, # VCF file, plain or gzip/bgzip
     return out
 
 def _check_overlaps(variants: Sequence[Variant], path) -> None:
-    spans = sorted({(v.chrom, v.start, v.end, v.line) for v in variants})
+    spans = sorted({(v.chrom, v.pos - 1, v.pos - 1 + len(v.ref), v.line) for v in variants})
     last = {}   # chrom -> (max end so far, line holding it)
     for chrom, s, e, line in spans:
         end, ln = last.get(chrom, (-1, None))
@@ -614,11 +633,11 @@ class TrainingDatasetItem:
     sequence: str # the unedited window sequence (model input)
     training_tuple: TrainingTuple # edits and target
 
-# %% ../nbs/13_genome.ipynb #30192a00
+# %% ../nbs/13_genome.ipynb #1f14eac1
 class GenomeTupleDataset(_IterableBase):
     "A reproducible stream of `TrainingDatasetItem`s over a window source, split across DDP ranks and DataLoader workers."
     def __init__(self,
-                 windows, # re-iterable of WindowContext (e.g. a list) or a zero-argument callable returning an iterator
+                 windows, # re-iterable of WindowContext (e.g. a list) or a zero-argument callable returning an iterator (e.g. functools.partial(fasta_windows, path, size))
                  providers: Mapping[str, Provider], # source name -> provider
                  seed: int=0, # base seed; items depend only on (seed, epoch, window index)
                  mix=DEFAULT_EDIT_SOURCE_COUNTS, # edits per source and window
@@ -633,7 +652,7 @@ class GenomeTupleDataset(_IterableBase):
                 ):
         if not callable(windows) and iter(windows) is windows:
             raise TypeError("windows must be re-iterable (a list, or a callable returning a fresh iterator such as "
-                            "lambda: fasta_windows(path, size)); a one-shot iterator/generator cannot be replayed per worker and epoch")
+                            "functools.partial(fasta_windows, path, size)); a one-shot iterator/generator cannot be replayed per worker and epoch")
         self.windows, self.providers, self.seed = windows, dict(providers), int(seed)
         self.mix = check_mix(mix, self.providers)
         self.holdouts, self.fallback_sources, self.preserve_length = holdouts, fallback_sources, preserve_length
@@ -722,7 +741,7 @@ def source_mix(tuples: Iterable[TrainingTuple]) -> Counter:
     for t in tuples: c[t.edit_source] += len(t.rel_edits)
     return c
 
-# %% ../nbs/13_genome.ipynb #5b07d20e
+# %% ../nbs/13_genome.ipynb #5cd99c2e
 def genome_main(argv: list[str]|None=None) -> int:
     "`spatial-dl genome-tuples`: FASTA (+ optional VCFs) -> JSONL of training tuples; returns an exit code."
     ap = argparse.ArgumentParser(prog='spatial-dl genome-tuples', description='Build (window, edits, target) tuples from a FASTA file.')
@@ -748,7 +767,7 @@ def genome_main(argv: list[str]|None=None) -> int:
         missing = [m.source for m in mix if m.n > 0 and m.source not in providers]
         if missing: raise ValueError(f"--mix names {missing} but no variant file was given for them "
                                      f"(use --gnomad/--clinvar, or drop them from --mix)")
-        windows = lambda: fasta_windows(a.fasta, a.window, a.stride, flank_bp=a.window)
+        windows = functools.partial(fasta_windows, a.fasta, a.window, a.stride, flank_bp=a.window)
         ds = GenomeTupleDataset(windows, providers, seed=a.seed, mix=mix, rank=0, world_size=1,
                                 holdouts=HoldoutPolicy(holdout_chroms=a.holdout_chrom) if a.holdout_chrom else None,
                                 fallback_sources=None if a.no_fallbacks else DEFAULT_SOURCE_FALLBACKS,

@@ -745,3 +745,18 @@ def test_fasta_irregular_lines_and_read_only_dir(tmp_path):
     try:
         assert list(read_fasta(ro / 'r.fa')) == [('a', 'ACGTACGTAC')]
     finally: os.chmod(ro, 0o755)
+
+
+def test_dataset_and_providers_pickle(tmp_path):
+    "Spawned DataLoader workers (macOS/Windows default) need a picklable dataset: providers, windows callable, policy."
+    import functools, pickle
+    ref = rand_seq(400, 14)
+    fa = write_fasta(tmp_path / 'p.fa', [('chr1', ref)])
+    prov = {**SYN, SOURCE_GNOMAD_COMMON: variant_provider(snv_variants('chr1', ref, range(0, 400, 6))),
+            SOURCE_CLINVAR: variant_provider(snv_variants('chr1', ref, range(1, 400, 17), shift=2))}
+    ds = GenomeTupleDataset(functools.partial(fasta_windows, fa, 50), prov, seed=2,
+                            holdouts=HoldoutPolicy(intervals=[HoldoutInterval('chr1', 0, 10)]), rank=0, world_size=1)
+    clone = pickle.loads(pickle.dumps(ds))
+    a = list(ds)
+    assert a and list(clone) == a and a[0].window_index == 1
+    assert repr(prov[SOURCE_GNOMAD_COMMON]) == 'VariantProvider(67 variants on 1 chromosomes)'
