@@ -333,13 +333,13 @@ class BlockShuffleStrategy(ShuffleStrategy):
         super().__init__(fetch_factor)
     def order(self, n, rng): return _block_order(n, self.block_size, rng)
 
-# %% ../nbs/02_shuffle.ipynb #43b6a899
+# %% ../nbs/02_shuffle.ipynb #2fcb2a11
 class RandomShuffleStrategy(ShuffleStrategy):
     "A full random permutation of the rows each epoch, cut into fetches of `fetch_factor × batch_size` rows."
     name = 'random'
     def order(self, n, rng): return rng.permutation(n).astype(np.int64)
 
-# %% ../nbs/02_shuffle.ipynb #9c3b33c1
+# %% ../nbs/02_shuffle.ipynb #78c6fad0
 def plan_world(strategy: ShuffleStrategy, # the strategy to plan with
                indices, # an int `n` or global row ids
                batch_size: int, # mini-batch size
