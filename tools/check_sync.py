@@ -10,8 +10,28 @@ bin_dir = Path(sys.executable).parent
 def tree_files(d: Path) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob('*') if p.is_file() and '__pycache__' not in p.parts}
 
-def main() -> int:
+def lint_notebooks(nbs: Path) -> list[str]:
+    "Conventions the docs build relies on: imports alone in their cells (it executes every cell containing an import)."
+    import ast, json
     problems = []
+    for nb_path in sorted(nbs.rglob('*.ipynb')):
+        if any(p.startswith(('.', '_')) for p in nb_path.relative_to(nbs).parts): continue
+        for i, c in enumerate(json.loads(nb_path.read_text(encoding='utf-8'))['cells']):
+            src = ''.join(c['source'])
+            if c['cell_type'] != 'code' or src.lstrip().startswith(('%', '!')): continue
+            lines = [l for l in src.splitlines() if not l.startswith('#|')]
+            directives = [l.replace(' ', '') for l in src.splitlines() if l.startswith('#|')]
+            if any(d.startswith(('#|export', '#|exporti', '#|exports', '#|eval:false')) for d in directives): continue
+            try: tree = ast.parse('\n'.join(lines))
+            except SyntaxError: continue
+            kinds = {type(n) for n in tree.body}
+            if kinds & {ast.Import, ast.ImportFrom} and kinds - {ast.Import, ast.ImportFrom}:
+                problems.append(f"{nb_path.relative_to(nbs.parent)} cell {i}: imports mixed with other code "
+                                f"(put imports in their own cell; the docs build executes every cell with an import)")
+    return problems
+
+def main() -> int:
+    problems = lint_notebooks(root/'nbs')
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in ('settings.ini', '_quarto.yml', 'pyproject.toml', 'setup.py', 'README.md'):
