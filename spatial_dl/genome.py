@@ -633,7 +633,7 @@ class TrainingDatasetItem:
     sequence: str # the unedited window sequence (model input)
     training_tuple: TrainingTuple # edits and target
 
-# %% ../nbs/13_genome.ipynb #1f14eac1
+# %% ../nbs/13_genome.ipynb #850731d1
 class GenomeTupleDataset(_IterableBase):
     "A reproducible stream of `TrainingDatasetItem`s over a window source, split across DDP ranks and DataLoader workers."
     def __init__(self,
@@ -649,6 +649,7 @@ class GenomeTupleDataset(_IterableBase):
                  world_size: int|None=None, # DDP world size (discovered when None)
                  transform: Callable|None=None, # applied to each item (e.g. encode_item) before it is yielded
                  epoch: int=0, # epoch (see set_epoch)
+                 drop_last: bool=False, # equal shares for DDP: drop the stream's tail so every rank gets the same number of full blocks
                 ):
         if not callable(windows) and iter(windows) is windows:
             raise TypeError("windows must be re-iterable (a list, or a callable returning a fresh iterator such as "
@@ -659,6 +660,12 @@ class GenomeTupleDataset(_IterableBase):
         self.block_size = check_positive_int(block_size, 'block_size')
         self.rank, self.world_size, self.transform, self.epoch = rank, world_size, transform, int(epoch)
         self.items_per_window = sum(1 for m in self.mix if m.n > 0)
+        self.drop_last = bool(drop_last)
+
+    def num_items(self) -> int:
+        "Items in the whole stream (all ranks), counted by a pass over the windows that only evaluates holdouts."
+        h = self.holdouts
+        return self.items_per_window * sum(1 for w in self._windows() if h is None or not h.excludes_window(w))
 
     def set_epoch(self, epoch: int):
         "Use the streams of `epoch` (call before each epoch, like DistributedSampler.set_epoch)."
@@ -672,12 +679,14 @@ class GenomeTupleDataset(_IterableBase):
         info = dist_info(self.rank, self.world_size)
         B, R, W, k = self.block_size, info.world_size, info.num_workers, self.items_per_window
         mine = lambda j: (j // B) % R == info.rank and (j // B // R) % W == info.worker
+        limit = (self.num_items() // (B * R)) * B * R if self.drop_last else None
         j = 0
         for wi, window in enumerate(self._windows()):
+            if limit is not None and j >= limit: break
             if not isinstance(window, WindowContext):
                 raise TypeError(f"window source yielded {type(window).__name__} at index {wi}, expected WindowContext")
             if self.holdouts is not None and self.holdouts.excludes_window(window): continue
-            own = [t for t in range(k) if mine(j + t)]
+            own = [t for t in range(k) if mine(j + t) and (limit is None or j + t < limit)]
             if own:
                 tuples = build_training_tuples(window, self.providers, make_rng(self.seed, self.epoch, wi), self.mix,
                                                self.holdouts, self.fallback_sources, self.preserve_length)

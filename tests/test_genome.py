@@ -760,3 +760,16 @@ def test_dataset_and_providers_pickle(tmp_path):
     a = list(ds)
     assert a and list(clone) == a and a[0].window_index == 1
     assert repr(prov[SOURCE_GNOMAD_COMMON]) == 'VariantProvider(67 variants on 1 chromosomes)'
+
+
+@pytest.mark.parametrize('world_size,block', [(2, 3), (3, 1), (4, 5)])
+def test_drop_last_gives_equal_shares(world_size, block):
+    wins, prov = dataset_windows()
+    hold = HoldoutPolicy(record_ids=['contig2'])
+    ref = list(GenomeTupleDataset(wins, prov, seed=5, holdouts=hold))
+    assert GenomeTupleDataset(wins, prov, holdouts=hold).num_items() == len(ref) == (len(wins) - 1) * 4
+    shares = [list(GenomeTupleDataset(wins, prov, seed=5, holdouts=hold, rank=r, world_size=world_size, block_size=block,
+                                      drop_last=True)) for r in range(world_size)]
+    limit = (len(ref) // (block * world_size)) * block * world_size
+    assert {len(s) for s in shares} == {limit // world_size}
+    assert sorted((it for s in shares for it in s), key=lambda it: it.index) == ref[:limit]
