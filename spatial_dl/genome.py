@@ -8,8 +8,9 @@ __all__ = ['BASES', 'ALPHABET', 'IUPAC_AMBIGUOUS', 'SOURCE_GNOMAD_COMMON', 'SOUR
            'PAD_TOKEN', 'normalize_sequence', 'WindowContext', 'RelEdit', 'Variant', 'edit_key', 'check_edits',
            'apply_edits', 'EditSourceCount', 'parse_mix', 'synthetic_snv_provider', 'synthetic_indel_provider',
            'VariantProvider', 'variant_provider', 'HoldoutInterval', 'HoldoutPolicy', 'TrainingTuple', 'check_mix',
-           'build_training_tuples', 'format_tuple', 'read_fasta', 'tile_starts', 'fasta_windows', 'read_vcf',
-           'TrainingDatasetItem', 'GenomeTupleDataset', 'encode_sequence', 'encode_item', 'source_mix', 'genome_main']
+           'build_training_tuples', 'format_tuple', 'plot_tuples', 'read_fasta', 'tile_starts', 'fasta_windows',
+           'read_vcf', 'TrainingDatasetItem', 'GenomeTupleDataset', 'encode_sequence', 'encode_item', 'source_mix',
+           'genome_main']
 
 # %% ../nbs/13_genome.ipynb #5a57a461
 import bisect, functools, gzip, io, json, argparse, sys
@@ -467,7 +468,36 @@ def format_tuple(sequence: str, # the window's sequence
     t, m, b = ''.join(top), ''.join(mid), ''.join(bot)
     return '\n'.join(f"window {t[i:i+width]}\n       {m[i:i+width]}\ntarget {b[i:i+width]}" for i in range(0, len(t), width))
 
-# %% ../nbs/13_genome.ipynb #66ef7f3e
+# %% ../nbs/13_genome.ipynb #a1c31610
+_BASE_COLORS = {'A': '#4daf4a', 'C': '#377eb8', 'G': '#ff7f00', 'T': '#e41a1c', 'N': '#999999', '-': '#ffffff'}
+
+def plot_tuples(window: WindowContext, # the source window
+                tuples: Sequence[TrainingTuple], # tuples built from it
+                ax=None, # matplotlib axes (a new figure when None)
+               ):
+    "Each tuple's aligned window and target rows (the `format_tuple` alignment) as coloured base cells; returns the axes."
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    rows, labels, marks = [], [], []
+    for t in tuples:
+        top, mid, bot = (l[7:] for l in format_tuple(window.sequence, t.rel_edits, width=10**9).splitlines())
+        rows += [top, bot]; labels += ['window', f'{t.edit_source}']; marks.append(mid)
+    n = max(map(len, rows))
+    keys = list(_BASE_COLORS)
+    img = np.array([[keys.index(c) for c in r.ljust(n, '-')] for r in rows])
+    if ax is None: _, ax = plt.subplots(figsize=(min(18, 2 + n * 0.12), 0.45 * len(rows) + 0.6))
+    ax.imshow(img, cmap=ListedColormap([_BASE_COLORS[k] for k in keys]), vmin=0, vmax=len(keys) - 1, aspect='auto',
+              interpolation='nearest')
+    for i, m in enumerate(marks):
+        for x, c in enumerate(m):
+            if c != ' ': ax.add_patch(plt.Rectangle((x - .5, 2 * i - .5), 1, 2, fill=False, lw=1.2, ec='black'))
+    if n <= 150:
+        for y, r in enumerate(rows):
+            for x, c in enumerate(r): ax.text(x, y, c, ha='center', va='center', fontsize=6, color='white' if c != '-' else 'black')
+    ax.set_yticks(range(len(rows)), labels); ax.set_xlabel('aligned column (window position plus inserted bases)')
+    ax.set_title(f'{window.window_id}: edits (boxed) and targets'); return ax
+
+# %% ../nbs/13_genome.ipynb #2aa977c5
 def _open_text(path: str|Path):
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such file")
@@ -509,7 +539,7 @@ def read_fasta(path: str|Path, # FASTA file, plain or gzip/bgzip
     if records is None: records = _parse_fasta(path)
     for name, seq in records: yield name, normalize_sequence(seq, name=f"{path} record {name}")
 
-# %% ../nbs/13_genome.ipynb #60f2e67c
+# %% ../nbs/13_genome.ipynb #8d25a5f2
 def _segments(seq: str, min_n_gap: int) -> list[tuple[int, int]]:
     "Maximal [start, end) stretches of `seq` not interrupted by a run of >= min_n_gap Ns."
     segs, start, i, n = [], 0, 0, len(seq)
@@ -554,7 +584,7 @@ def fasta_windows(path: str|Path, # FASTA file (plain, gzip or bgzip)
             for st in tile_starts(s, e, size, stride, tail):
                 yield WindowContext(name, source, seq[st:st + size], st, name if placed else None, seq[st + size:st + size + flank_bp])
 
-# %% ../nbs/13_genome.ipynb #d22ed93e
+# %% ../nbs/13_genome.ipynb #8453ac13
 def _parse_af(info: str):
     for kv in info.split(';'):
         if kv.startswith('AF='): return kv[3:].split(',')
@@ -624,7 +654,7 @@ def _check_overlaps(variants: Sequence[Variant], path) -> None:
                                      f"(0-based spans ending at {end} and starting at {s}); pass allow_overlaps=True to accept")
         if e > end: last[chrom] = (e, line)
 
-# %% ../nbs/13_genome.ipynb #867ea9fd
+# %% ../nbs/13_genome.ipynb #ed53c587
 @dataclass(frozen=True)
 class TrainingDatasetItem:
     "One item of the stream: its global `index`, the window's position `window_index`, the window `sequence` and the `TrainingTuple`."
@@ -633,7 +663,7 @@ class TrainingDatasetItem:
     sequence: str # the unedited window sequence (model input)
     training_tuple: TrainingTuple # edits and target
 
-# %% ../nbs/13_genome.ipynb #850731d1
+# %% ../nbs/13_genome.ipynb #072c92fb
 class GenomeTupleDataset(_IterableBase):
     "A reproducible stream of `TrainingDatasetItem`s over a window source, split across DDP ranks and DataLoader workers."
     def __init__(self,
@@ -697,7 +727,7 @@ class GenomeTupleDataset(_IterableBase):
         for _, item in self.iter_with_source_windows():
             yield item if self.transform is None else self.transform(item)
 
-# %% ../nbs/13_genome.ipynb #ca09c0f2
+# %% ../nbs/13_genome.ipynb #6946e5da
 BASE_TOKENS = {b: i for i, b in enumerate(ALPHABET)}
 PAD_TOKEN = len(ALPHABET)
 _TOKEN_LUT = np.full(256, 255, dtype=np.uint8)
@@ -743,14 +773,14 @@ def encode_item(item: TrainingDatasetItem, # an item of GenomeTupleDataset
         out = {k: torch.as_tensor(v) for k, v in out.items()}
     return out
 
-# %% ../nbs/13_genome.ipynb #a04bfb17
+# %% ../nbs/13_genome.ipynb #badf7490
 def source_mix(tuples: Iterable[TrainingTuple]) -> Counter:
     "Edits per actual source over `tuples` (a Counter)."
     c = Counter()
     for t in tuples: c[t.edit_source] += len(t.rel_edits)
     return c
 
-# %% ../nbs/13_genome.ipynb #5cd99c2e
+# %% ../nbs/13_genome.ipynb #22cdc323
 def genome_main(argv: list[str]|None=None) -> int:
     "`spatial-dl genome-tuples`: FASTA (+ optional VCFs) -> JSONL of training tuples; returns an exit code."
     ap = argparse.ArgumentParser(prog='spatial-dl genome-tuples', description='Build (window, edits, target) tuples from a FASTA file.')
