@@ -405,7 +405,7 @@ def verify_shards(root: str|Path) -> dict:
             if h != s['sha256'] or p.stat().st_size != s['bytes']: raise ValueError(f"shard {p} does not match the manifest checksum")
     return m
 
-# %% ../nbs/11_shards.ipynb #a05c92eb
+# %% ../nbs/11_shards.ipynb #3c21ca00
 class ShardSource(wds.utils.PipelineStage):
     "First pipeline stage: this rank's and worker's shards for an epoch, as dicts with `url` (see `plan`)."
     def __init__(self, urls: list, # shard paths
@@ -432,10 +432,10 @@ class ShardSource(wds.utils.PipelineStage):
         info = dist_info(self.rank, self.world_size) if self.rank is not None else dist_info()
         r, w = info.rank, info.world_size
         n = len(self.urls)
-        if n < w: raise ValueError(f"{n} shards for world_size {w}: every rank needs at least one shard (write smaller shards, e.g. max_count)")
+        even = (w > 1) if self.even is None else self.even
+        if even and n < w: raise ValueError(f"{n} shards for world_size {w}: every rank needs at least one shard (write smaller shards, e.g. max_count)")
         order = make_rng(self.seed, self.epoch, 21).permutation(n) if self.shuffle else np.arange(n)
         mine = lambda rank: order[rank::w][worker::num_workers]
-        even = (w > 1) if self.even is None else self.even
         cap = min(sum(self.counts[i] for i in mine(q)) for q in range(w)) if even else None
         return mine(r).tolist(), cap
 
@@ -506,7 +506,7 @@ def decode_sample(sample: dict) -> tuple:
     meta = json.loads(j)
     return npy_loads(m, 'morph.npy'), npy_loads(t, 'tx.npy'), np.array([meta['x'], meta['y']], np.float32), meta
 
-# %% ../nbs/11_shards.ipynb #f6fa92fa
+# %% ../nbs/11_shards.ipynb #1c9d2672
 class _Shuffle:
     "Buffered sample shuffle, seeded by (seed, epoch, rank, worker)."
     def __init__(self, bufsize: int, seed: int): self.bufsize, self.seed, self.epoch = bufsize, seed, 0
@@ -522,9 +522,11 @@ class _Shuffle:
     __call__ = run
 
 def collate_samples(samples: list, dtype: str) -> tuple:
-    "Stack decoded samples into `(morph [B,Dm], tx [B,Dt], pos [B,2], metas)` tensors (storage dtype)."
+    "Stack decoded samples into `(morph [B,Dm], tx [B,Dt], pos [B,2], meta)`; `meta` maps each JSON field to a numpy column."
     m = from_storage(np.stack([s[0] for s in samples]), dtype); t = from_storage(np.stack([s[1] for s in samples]), dtype)
-    return m, t, torch.from_numpy(np.stack([s[2] for s in samples])), [s[3] for s in samples]
+    metas = [s[3] for s in samples]
+    meta = {k: np.array([d[k] for d in metas]) for k in metas[0]}  # columns: cheap for DataLoader/Lightning to pass along
+    return m, t, torch.from_numpy(np.stack([s[2] for s in samples])), meta
 
 def _batched(src, batch_size: int, dtype: str, drop_last: bool):
     buf = []
@@ -567,7 +569,7 @@ def shard_pipeline(root: str|Path, # a folder written by `prepare_shards`
     pipe = PairedShards(*stages); pipe.manifest = m; pipe.root = Path(root); pipe.split = split
     return pipe
 
-# %% ../nbs/11_shards.ipynb #dda368d2
+# %% ../nbs/11_shards.ipynb #f8337a35
 def demo_paired_embeddings(n_samples: int=2, # simulated slides
                            n_rows: int=20, n_cols: int=20, # grid per slide
                            morph_dim: int=64, # morphology embedding width
@@ -581,22 +583,22 @@ def demo_paired_embeddings(n_samples: int=2, # simulated slides
     from spatial_dl.datasets import simulate_spatial, hex_neighbors
     ads = simulate_spatial(n_samples=n_samples, n_rows=n_rows, n_cols=n_cols, seed=seed)
     rng = make_rng(seed, 31)
-    A = hex_neighbors(n_rows, n_cols); A = A + __import__('scipy').sparse.identity(A.shape[0], format='csr')
+    import scipy.sparse as sps
+    A = hex_neighbors(n_rows, n_cols); A = A + sps.identity(A.shape[0], format='csr')
     A = A.multiply(1 / A.sum(1)).tocsr()
-    feats, X = [], []
+    Xc = sps.vstack([a.X for a in ads]).tocsr(); Xc = Xc.multiply(1e4 / np.asarray(Xc.sum(1))).tocsr(); Xc.data = np.log1p(Xc.data)
+    Xd = np.asarray(Xc.todense()); Xd -= Xd.mean(0)
+    U, S, Vt = np.linalg.svd(Xd, full_matrices=False)
+    tx = (U[:, :tx_dim] * S[:tx_dim]) / S[0]
+    feats, off = [], 0
     for a in ads:
         reg = np.eye(len(a.obs['region'].cat.categories), dtype=np.float32)[a.obs['region'].cat.codes]
         ct = np.eye(len(a.obs['cell_type'].cat.categories), dtype=np.float32)[a.obs['cell_type'].cat.codes]
-        feats.append(np.hstack([reg, ct, A @ ct, A @ (A @ ct)]))
-        X.append(a.X)
+        local = A @ tx[off:off + a.n_obs, :8]  # the tissue around the spot, as an image patch would show it
+        feats.append(np.hstack([reg, ct, A @ ct, A @ (A @ ct), local / local.std(0)])); off += a.n_obs
     F = np.vstack(feats); F = (F - F.mean(0)) / (F.std(0) + 1e-6)
     W1 = rng.normal(0, 1 / np.sqrt(F.shape[1]), (F.shape[1], 128)); W2 = rng.normal(0, 1 / np.sqrt(128), (128, morph_dim))
-    morph = (np.tanh(F @ W1) @ W2) ; morph = morph / morph.std() + noise * rng.normal(size=morph.shape)
-    import scipy.sparse as sps
-    Xc = sps.vstack(X).tocsr(); Xc = Xc.multiply(1e4 / np.asarray(Xc.sum(1))).tocsr(); Xc.data = np.log1p(Xc.data)
-    Xd = np.asarray(Xc.todense()); Xd -= Xd.mean(0)
-    U, S, _ = np.linalg.svd(Xd, full_matrices=False)
-    tx = (U[:, :tx_dim] * S[:tx_dim]) / S[0]
+    morph = np.tanh(F @ W1) @ W2; morph = morph / morph.std() + noise * rng.normal(size=morph.shape)
     n = len(morph); slide = np.concatenate([a.obs['sample'].astype(str).values for a in ads])
     ids = np.array([f"{sl}_cell_{i:05d}" for i, sl in enumerate(slide)])
     keep = np.sort(rng.permutation(n)[int(round(drop_tx * n)):])
