@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_medians', 'save_gene_medians', 'load_gene_medians',
            'TokenDictionary', 'RankValueTokenizer', 'tokenize_block_padded', 'tokenize_block', 'spatial_graph',
-           'tokenize_adata']
+           'tokenize_adata', 'tokenize_h5ad', 'load_example_lengths', 'TokenizeTransform', 'BinnedTokenizer',
+           'tokenize_main']
 
 # %% ../nbs/06_tokenizers.ipynb #e89db95a
 import os, json, math, pickle, time, warnings, argparse, tempfile, shutil
@@ -668,7 +669,7 @@ def _var_column(adata, key, where):
 
 RankValueTokenizer._graph_for, RankValueTokenizer.tokenize_adata = _graph_for, tokenize_adata
 
-# %% ../nbs/06_tokenizers.ipynb #688c667c
+# %% ../nbs/06_tokenizers.ipynb #f49eefe1
 def _stformer_delaunay(coords, where='coords') -> sp.csr_matrix:
     "stFormer's Delaunay graph: every triangle adds its three edges both ways (shared edges get weight 2), float64."
     from scipy.spatial import Delaunay
@@ -693,13 +694,16 @@ def _stformer_rank(expr: np.ndarray, # dense cells × genes float64 values (used
 def _compat_columns(self: RankValueTokenizer, gene_ids, where):
     "stFormer's gene selection: columns whose id has a median, in var order (duplicates kept); their tokens and medians."
     genes = np.asarray(gene_ids).astype(str)
+    hit = getattr(self, '_ccols', None)
+    if hit is not None and len(hit[0]) == len(genes) and (hit[0] == genes).all(): return hit[1]
     cols = np.array([i for i, g in enumerate(genes.tolist()) if g in self.medians], np.int64)
     if len(cols) == 0: raise TokenizerError(f"{where}: no gene id is in the medians (e.g. {genes[:3].tolist()}): wrong gene_key?")
     missing = [g for g in genes[cols].tolist() if g not in self.td]
     if missing: raise TokenizerError(f"{where}: {len(missing)} genes have a median but no token (e.g. {missing[:3]}); "
                                      f"stFormer would fail on them too")
     self.stats['unknown_genes'] += len(genes) - len(cols)
-    return cols, self.td.lookup(genes[cols]), np.array([self.medians[g] for g in genes[cols].tolist()], np.float64)
+    self._ccols = (genes, (cols, self.td.lookup(genes[cols]), np.array([self.medians[g] for g in genes[cols].tolist()], np.float64)))
+    return self._ccols[1]
 
 def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X=None, raw=None, where='block'):
     """stFormer's tokens for the cells of X. `totals`: n_counts (default row sums of X); `neighbor_X`: the graph-weighted
@@ -728,3 +732,347 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
     return ids, lens
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
+
+# %% ../nbs/06_tokenizers.ipynb #3394b950
+class _Source:
+    "An H5adCollection plus per-file neighbour graphs and stFormer facts, for tokenizing arbitrary rows."
+    def __init__(self, tok: RankValueTokenizer, reader: H5adCollection):
+        self.tok, self.reader = tok, reader
+        self._graphs, self._compat = {}, {}
+        if tok.total_key is not None: _totals(reader, tok.total_key)      # fail early on a missing column
+
+    def graph(self, i: int) -> sp.csr_matrix:
+        "Neighbour graph of file i (n_i × n_i)."
+        if i not in self._graphs:
+            import h5py
+            from anndata.io import read_elem
+            path, n = self.reader.paths[i], int(self.reader.offsets[i + 1] - self.reader.offsets[i])
+            with h5py.File(path, 'r') as f:
+                obsp = {self.tok.graph_key: read_elem(f['obsp'][self.tok.graph_key])} if 'obsp' in f and self.tok.graph_key in f['obsp'] else {}
+                obsm = {self.tok.coord_key: read_elem(f['obsm'][self.tok.coord_key])} if 'obsm' in f and self.tok.coord_key in f['obsm'] else {}
+            self._graphs[i] = self.tok._graph_for(obsp, obsm, n, path)
+        return self._graphs[i]
+
+    def totals(self, rows: np.ndarray, X: sp.csr_matrix) -> np.ndarray:
+        "Cell totals of global `rows` whose counts are X: the obs column if configured (stFormer: 'n_counts' if present), else row sums."
+        key = self.tok.total_key
+        if key is None and self.tok.stformer_compat and all('n_counts' in fi.obs_columns for fi in self.reader._infos): key = 'n_counts'
+        return _row_sums(X) if key is None else np.asarray(self.reader.obs_column(key), np.float64)[rows]
+
+    def compat_info(self, i: int) -> tuple[np.ndarray, bool]:
+        "stFormer's per-file facts: integer n_counts of every spot, and whether the file holds raw counts."
+        if i not in self._compat:
+            o0, o1 = int(self.reader.offsets[i]), int(self.reader.offsets[i + 1])
+            cols, _, _ = self.tok._compat_columns(self.reader.var_names, self.reader.paths[i])
+            nc, sub = np.zeros(o1 - o0, np.int64), np.zeros(o1 - o0, np.float32)
+            for s in range(o0, o1, 4096):
+                rows = np.arange(s, min(s + 4096, o1)); X = self.reader.read(rows).X
+                nc[rows - o0] = self.totals(rows, X).astype(int)
+                sub[rows - o0] = np.asarray(X[:, cols].sum(axis=1)).ravel()
+            rs = sub[nc > 0]
+            self._compat[i] = (nc, bool(np.allclose(rs, np.round(rs))))
+        return self._compat[i]
+
+    def neighbor_inputs(self, rows: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        "Graph-weighted sums of the neighbours' counts and totals for global `rows` (any order), read in one sorted pass."
+        off = self.reader.offsets
+        fid = np.searchsorted(off, rows, side='right') - 1
+        r_, c_, d_ = [], [], []
+        for i in np.unique(fid).tolist():
+            pos = np.flatnonzero(fid == i)
+            A = self.graph(i)[rows[pos] - off[i]]
+            if self.tok.stformer_compat:
+                kept = (self.compat_info(i)[0] > 0).astype(A.dtype)
+                A = (A @ sp.diags(kept)).tocsr(); A.eliminate_zeros()
+            r_.append(np.repeat(pos, np.diff(A.indptr))); c_.append(A.indices + off[i]); d_.append(A.data)
+        r, c, d = np.concatenate(r_), np.concatenate(c_).astype(np.int64), np.concatenate(d_)
+        nbrs, inv = np.unique(c, return_inverse=True)
+        M = sp.csr_matrix((d, (r, inv.ravel())), shape=(len(rows), len(nbrs)))
+        Xn = self.reader.read(nbrs).X if len(nbrs) else sp.csr_matrix((0, self.reader.n_vars), dtype=np.float32)
+        _check_values(Xn.data, 'neighbour rows', self.tok.allow_normalized or self.tok.stformer_compat)
+        return (M @ Xn).tocsr(), M @ self.totals(nbrs, Xn)
+
+    def tokenize(self, rows: np.ndarray, X: sp.csr_matrix|None=None) -> tuple[np.ndarray, np.ndarray]:
+        "Padded token ids and lengths of global `rows` (X: their counts when already read)."
+        rows = np.asarray(rows, np.int64)
+        if X is None:
+            o = np.argsort(rows, kind='stable'); X = self.reader.read(rows[o]).X[np.argsort(o)]
+        tok, where = self.tok, self.reader.paths[0] if len(self.reader.paths) == 1 else f"{len(self.reader.paths)} files"
+        t = self.totals(rows, X)
+        if not tok.stformer_compat:
+            if tok.mode == 'spot': return tok.tokenize_block_padded(X, self.reader.var_names, t, where=where)
+            N, nt = self.neighbor_inputs(rows)
+            return tok.tokenize_block_padded(X, self.reader.var_names, t, N, nt, where=where)
+        fid = np.searchsorted(self.reader.offsets, rows, side='right') - 1      # stFormer: per-file raw flag
+        out = []
+        for i in np.unique(fid).tolist():
+            pos = np.flatnonzero(fid == i)
+            N = self.neighbor_inputs(rows[pos])[0] if tok.mode == 'neighborhood' else None
+            out.append((pos, *tok.tokenize_block_padded(X[pos], self.reader.var_names, t[pos], N, where=self.reader.paths[i],
+                                                        raw=self.compat_info(i)[1])))
+        if len(out) == 1: return out[0][1], out[0][2]
+        w = max(o[1].shape[1] for o in out)
+        ids, lens = np.full((len(rows), w), tok.td.pad_id, np.int64), np.zeros(len(rows), np.int64)
+        for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
+        return ids, lens
+
+# %% ../nbs/06_tokenizers.ipynb #e16b51ec
+def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
+    "obs column `key` of a one-file collection as labels (categorical) or numbers."
+    codes, cats = coll.obs_column(key), coll.obs_categories(key)
+    if cats is None: return codes
+    lab = np.array(list(cats) + [None], dtype=object)
+    return lab[np.where(codes >= 0, codes, len(cats))]
+
+def _features(obs_types: dict):
+    import datasets as hfd
+    f = {'input_ids': hfd.Sequence(hfd.Value('int32')), 'length': hfd.Value('int32'),
+         'source_file': hfd.Value('int32'), 'source_row': hfd.Value('int64')}
+    for k, kind in obs_types.items(): f[k] = hfd.Value('string') if kind == 'str' else hfd.Value('int64' if kind == 'int' else 'float64')
+    return hfd.Features(f)
+
+def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_dir, progress):
+    "Tokenize rows [start, stop) of one file into an Arrow shard at shard_dir; returns the tokenizer stats."
+    import datasets as hfd
+    tok.stats, tok._cmap, tok._ccols = dict.fromkeys(tok.stats, 0), None, None   # unknown genes: counted once per job
+    coll = H5adCollection([path], var_key=tok.gene_key)
+    src = _Source(tok, coll)
+    obs = {k: _obs_values(coll, k) for k in obs_keys}
+    def gen():
+        for s in tqdm(range(start, stop, chunk_size), desc=Path(path).name, disable=not progress, leave=False):
+            rows = np.arange(s, min(s + chunk_size, stop))
+            ids, lens = src.tokenize(rows)
+            for j in np.flatnonzero(lens).tolist():
+                ex = {'input_ids': ids[j, :lens[j]].astype(np.int32), 'length': int(lens[j]), 'source_file': file_index,
+                      'source_row': int(rows[j])}
+                for k in obs_keys:
+                    v = obs[k][rows[j]]
+                    ex[k] = None if v is None else (str(v) if obs_types[k] == 'str' else v.item() if hasattr(v, 'item') else v)
+                yield ex
+    ds = hfd.Dataset.from_generator(gen, features=_features(obs_types), cache_dir=str(Path(shard_dir).parent / 'cache'),
+                                    keep_in_memory=False)
+    ds.save_to_disk(str(shard_dir))
+    coll.close()
+    return dict(tok.stats)
+
+def _job_star(args): return _tokenize_job(*args)
+
+def tokenize_h5ad(paths, # .h5ad files of raw counts
+                  out_dir: str|Path, # the dataset folder to create (`datasets.load_from_disk(out_dir)`)
+                  tokenizer: RankValueTokenizer, # what to produce
+                  obs_keys=(), # obs columns copied into the dataset (e.g. 'cell_type', 'sample')
+                  chunk_size: int=2048, # rows read and tokenized at a time
+                  rows_per_job: int=100_000, # rows per parallel job
+                  num_workers: int=1, # processes
+                  overwrite: bool=False, # replace an existing out_dir
+                  progress: bool=True, # progress bars
+                 ) -> dict:
+    "Tokenize `paths` into a HuggingFace dataset at `out_dir` plus `example_lengths.pkl`; returns a summary dict."
+    import datasets as hfd
+    paths, out_dir, t0 = _as_paths(paths), Path(out_dir), time.time()
+    if isinstance(obs_keys, str): obs_keys = (obs_keys,)
+    obs_keys = tuple(obs_keys)
+    bad = {'input_ids', 'length', 'source_file', 'source_row'} & set(obs_keys)
+    if bad: raise TokenizerError(f"obs_keys: {sorted(bad)} clash with the dataset's own columns")
+    if out_dir.exists() and not overwrite: raise FileExistsError(f"{out_dir} already exists (pass overwrite=True to replace it)")
+    check_positive_int(chunk_size, 'chunk_size'); check_positive_int(rows_per_job, 'rows_per_job'); check_positive_int(num_workers, 'num_workers')
+    obs_types, jobs, n_in = {}, [], 0
+    for i, p in enumerate(paths):                      # validate every file before any work
+        coll = H5adCollection([p], var_key=tokenizer.gene_key)
+        for k in obs_keys:
+            try: v = coll.obs_column(k)
+            except KeyError as e: raise KeyError(f"obs_keys: {e.args[0]}") from None
+            kind = 'str' if coll.obs_categories(k) is not None else ('int' if v.dtype.kind in 'biu' else 'float')
+            if obs_types.setdefault(k, kind) != kind: obs_types[k] = 'str' if 'str' in (kind, obs_types[k]) else 'float'
+        _Source(tokenizer, coll)
+        if tokenizer.mode == 'neighborhood': _Source(tokenizer, coll).graph(0)
+        n_in += coll.n_obs
+        jobs += [(p, i, s, min(s + rows_per_job, coll.n_obs)) for s in range(0, coll.n_obs, rows_per_job)]
+        coll.close()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        args = [(tokenizer, p, i, s, e, obs_keys, obs_types, chunk_size, work / f"shard_{j:05d}", progress and num_workers == 1)
+                for j, (p, i, s, e) in enumerate(jobs)]
+        bar = tqdm(total=len(args), desc='tokenize jobs', disable=not progress or len(args) == 1)
+        stats = []
+        if num_workers == 1 or len(args) == 1:
+            for a in args: stats.append(_tokenize_job(*a)); bar.update()
+        else:
+            import multiprocessing as mp
+            with mp.get_context('fork').Pool(min(num_workers, len(args))) as pool:
+                for s in pool.imap(_job_star, args): stats.append(s); bar.update()
+        bar.close()
+        ds = hfd.concatenate_datasets([hfd.load_from_disk(str(a[-2])) for a in args])
+        final = work / 'dataset'
+        ds.save_to_disk(str(final))
+        lengths = [int(x) for x in hfd.load_from_disk(str(final))['length']]
+        with open(final / 'example_lengths.pkl', 'wb') as f: pickle.dump(lengths, f)
+        total = {k: sum(s[k] for s in stats) for k in stats[0]}
+        total['unknown_genes'] = sum(s['unknown_genes'] for s, a in zip(stats, args) if a[3] == 0)  # once per file
+        summary = dict(files=paths, cells_in=n_in, cells_written=len(lengths), zero_cells_dropped=total['zero_cells'],
+                       unknown_gene_columns=total['unknown_genes'],
+                       isolated_spots=total['isolated_spots'], tokens=int(sum(lengths)), mode=tokenizer.mode,
+                       model_input_size=tokenizer.model_input_size, special_tokens=tokenizer.special_tokens,
+                       stformer_compat=tokenizer.stformer_compat, obs_keys=list(obs_keys), seconds=round(time.time() - t0, 3))
+        (final / 'tokenize_summary.json').write_text(json.dumps(summary, indent=1))
+        if out_dir.exists(): shutil.rmtree(out_dir)
+        os.replace(final, out_dir)
+    finally: shutil.rmtree(work, ignore_errors=True)
+    if summary['zero_cells_dropped']:
+        warnings.warn(f"tokenize_h5ad: dropped {summary['zero_cells_dropped']} zero-count cells (of {n_in})")
+    return summary
+
+def load_example_lengths(path: str|Path) -> list:
+    "The example-lengths list of a tokenized dataset (its folder, or the pickle itself), as Geneformer/stFormer trainers read it."
+    path = Path(path)
+    if path.is_dir(): path = path / 'example_lengths.pkl'
+    with open(path, 'rb') as f: d = pickle.load(f)
+    if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
+    return d
+
+# %% ../nbs/06_tokenizers.ipynb #3054cf4d
+class TokenizeTransform:
+    "Loader hook (`before_dense`): raw CSR batch → padded `input_ids`, `attention_mask`, `length` (torch tensors)."
+    def __init__(self, tokenizer: RankValueTokenizer, # the tokenizer to apply
+                 reader: H5adCollection, # the collection the dataset reads (same files and var_key)
+                 pad_to: int|None=None, # pad to this width (None: the longest in the batch)
+                 drop_zero: bool=True, # remove zero-count cells from the batch (else keep them as all-padding rows)
+                ):
+        self.tok, self.reader, self.pad_to, self.drop_zero = tokenizer, reader, pad_to, drop_zero
+        if tokenizer.gene_key != getattr(reader, 'var_key', tokenizer.gene_key):
+            raise TokenizerError(f"reader: var_key={reader.var_key!r} but the tokenizer's gene_key={tokenizer.gene_key!r}; "
+                                 f"build the H5adCollection with var_key={tokenizer.gene_key!r}")
+        self._src = None
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+        if self._src is None or self._src.reader is not self.reader: self._src = _Source(self.tok, self.reader)
+        X = batch.pop('X')
+        rows = batch.get('index')
+        if rows is None:
+            if self.tok.mode == 'neighborhood' or self.tok.stformer_compat:
+                raise TokenizerError("batch has no 'index': neighbourhood/stFormer modes need global row ids")
+            ids, lens = self.tok.tokenize_block_padded(X, self.reader.var_names, where='batch')
+        else: ids, lens = self._src.tokenize(np.asarray(rows), sp.csr_matrix(X))
+        n = len(lens)
+        if self.drop_zero and (lens == 0).any():
+            keep = lens > 0
+            ids, lens = ids[keep], lens[keep]
+            for k, v in list(batch.items()):
+                if hasattr(v, '__len__') and not isinstance(v, (str, bytes)) and len(v) == n: batch[k] = v[keep]
+        w = ids.shape[1] if self.pad_to is None else self.pad_to
+        if ids.shape[1] > w: raise TokenizerError(f"pad_to={self.pad_to} is shorter than a sequence of {ids.shape[1]} tokens")
+        if ids.shape[1] < w: ids = np.pad(ids, ((0, 0), (0, w - ids.shape[1])), constant_values=self.tok.td.pad_id)
+        batch['input_ids'] = torch.from_numpy(ids)
+        batch['attention_mask'] = (torch.arange(w)[None, :] < torch.from_numpy(lens)[:, None]).long()
+        batch['length'] = torch.from_numpy(lens)
+        return batch
+
+# %% ../nbs/06_tokenizers.ipynb #47b6d180
+class BinnedTokenizer:
+    "scGPT-style tokens: expressed genes (dictionary ids) and per-cell quantile bins of their values, deterministic."
+    def __init__(self, token_dict, # TokenDictionary, dict or path
+                 n_bins: int=51, # bins including the zero bin
+                 max_length: int|None=None, # keep at most this many genes per cell (the highest-valued)
+                 include_zero_genes: bool=False, # also emit every unexpressed dictionary gene with bin 0
+                 gene_key: str|None=None, # var column with gene ids (None: var index)
+                 allow_normalized: bool=False, # accept non-integer X
+                ):
+        self.td = _as_token_dict(token_dict)
+        self.n_bins = check_positive_int(n_bins, 'n_bins')
+        if n_bins < 3: raise TokenizerError(f"n_bins must be >= 3 (zero bin plus at least two value bins), got {n_bins}")
+        self.max_length = None if max_length is None else check_positive_int(max_length, 'max_length')
+        self.include_zero_genes, self.gene_key, self.allow_normalized = include_zero_genes, gene_key, allow_normalized
+        self.stats = dict(cells=0, zero_cells=0, unknown_genes=0)
+
+    def bin_values(self, v: np.ndarray) -> np.ndarray:
+        "Bins (1..n_bins-1) of one cell's nonzero values."
+        if len(v) == 0: return np.zeros(0, np.int64)
+        edges = np.quantile(v, np.linspace(0, 1, self.n_bins - 1))
+        return np.digitize(v, edges, right=True).astype(np.int64) + 1
+
+    def tokenize_block(self, X, # cells × genes counts
+                       gene_ids, # gene id per column
+                       where: str='block') -> dict:
+        "{'input_ids': [...], 'values': [...]} per cell: dictionary gene ids (column order) and their bins."
+        X = sp.csr_matrix(X)
+        if len(gene_ids) != X.shape[1]: raise TokenizerError(f"gene_ids: {len(gene_ids)} ids for the {X.shape[1]} columns of X ({where})")
+        _check_values(X.data, where, self.allow_normalized)
+        tok = self.td.lookup(np.asarray(gene_ids).astype(str))
+        self.stats['unknown_genes'] += int((tok < 0).sum())
+        known = np.flatnonzero(tok >= 0)
+        ids, vals = [], []
+        for i in range(X.shape[0]):
+            a, b = X.indptr[i], X.indptr[i + 1]
+            c, v = X.indices[a:b], X.data[a:b].astype(np.float64)
+            k = (tok[c] >= 0) & (v > 0); c, v = c[k], v[k]
+            if len(c) == 0: self.stats['zero_cells'] += 1; ids.append(np.zeros(0, np.int64)); vals.append(np.zeros(0, np.int64)); continue
+            self.stats['cells'] += 1
+            bins = self.bin_values(v)
+            if self.include_zero_genes:
+                full = np.zeros(len(known), np.int64); full[np.searchsorted(known, c)] = bins
+                t, bv = tok[known], full
+            else:
+                o = np.argsort(c, kind='stable'); t, bv, vv = tok[c[o]], bins[o], v[o]
+                if self.max_length is not None and len(t) > self.max_length:
+                    top = np.lexsort((t, -vv))[:self.max_length]; top.sort()
+                    t, bv = t[top], bv[top]
+            ids.append(t); vals.append(bv)
+        return {'input_ids': ids, 'values': vals}
+
+# %% ../nbs/06_tokenizers.ipynb #2a0de954
+def _expand_inputs(items) -> list[str]:
+    out = []
+    for it in items:
+        p = Path(it)
+        if p.is_dir():
+            found = sorted(p.glob('*.h5ad'))
+            if not found: raise TokenizerError(f"{p}: folder has no .h5ad files")
+            out += [str(f) for f in found]
+        elif not p.exists(): raise FileNotFoundError(f"{p}: no such file")
+        else: out.append(str(p))
+    return out
+
+def tokenize_main(argv: list[str]|None=None) -> int:
+    "`spatial-dl tokenize`: rank-value tokenize .h5ad files into a HuggingFace dataset folder."
+    p = argparse.ArgumentParser(prog='spatial-dl tokenize', description='Rank-value (Geneformer/stFormer) tokenization of .h5ad files '
+                                'into a HuggingFace dataset on disk, with example_lengths.pkl.')
+    p.add_argument('inputs', nargs='+', help='.h5ad files or folders of them')
+    p.add_argument('--out', required=True, help='output dataset folder')
+    p.add_argument('--token-dict', help='token dictionary (.pkl or .json); built from the medians when omitted')
+    p.add_argument('--medians', help='gene median pickle; computed from the inputs when omitted')
+    p.add_argument('--mode', default='spot', choices=['spot', 'neighborhood'])
+    p.add_argument('--input-size', type=int, default=2048, help='tokens per spot (each half in neighborhood mode)')
+    p.add_argument('--special-tokens', action='store_true', help='frame sequences with <cls> ... <eos> (Geneformer V2)')
+    p.add_argument('--stformer-compat', action='store_true', help="reproduce stFormer's SpatialTokenizer token for token")
+    p.add_argument('--gene-key', help='var column with gene ids (default: var index)')
+    p.add_argument('--total-key', help='obs column with cell totals (default: computed)')
+    p.add_argument('--obs-keys', nargs='*', default=[], help='obs columns copied into the dataset')
+    p.add_argument('--neighbors', default='delaunay', choices=['delaunay', 'knn', 'radius'])
+    p.add_argument('--n-neighbors', type=int, default=6); p.add_argument('--radius', type=float)
+    p.add_argument('--median-method', default='auto', choices=['auto', 'exact', 'two-pass', 'histogram'])
+    p.add_argument('--chunk-size', type=int, default=2048); p.add_argument('--num-workers', type=int, default=1)
+    p.add_argument('--allow-normalized', action='store_true', help='accept non-integer X (normalised data)')
+    p.add_argument('--overwrite', action='store_true'); p.add_argument('--quiet', action='store_true')
+    a = p.parse_args(argv)
+    try:
+        inputs, out = _expand_inputs(a.inputs), Path(a.out)
+        if out.exists() and not a.overwrite: raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+        med = load_gene_medians(a.medians) if a.medians else gene_medians(
+            inputs, gene_key=a.gene_key, total_key=a.total_key, method=a.median_method, num_workers=a.num_workers,
+            allow_normalized=a.allow_normalized, progress=not a.quiet)
+        td = TokenDictionary.load(a.token_dict) if a.token_dict else TokenDictionary.build(sorted(med), a.special_tokens, a.special_tokens)
+        tok = RankValueTokenizer(td, med, a.input_size, a.mode, a.special_tokens, a.stformer_compat, gene_key=a.gene_key,
+                                 total_key=a.total_key, neighbors=a.neighbors, n_neighbors=a.n_neighbors, radius=a.radius,
+                                 allow_normalized=a.allow_normalized)
+        s = tokenize_h5ad(inputs, out, tok, obs_keys=a.obs_keys, chunk_size=a.chunk_size, num_workers=a.num_workers,
+                          overwrite=a.overwrite, progress=not a.quiet)
+        save_gene_medians(med, out / 'gene_medians.pkl'); td.save(out / 'token_dictionary.pkl')
+    except (TokenizerError, KeyError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"spatial-dl tokenize: error: {e.args[0] if e.args else e}", file=__import__('sys').stderr)
+        return 2
+    print(f"tokenized {s['cells_written']:,} of {s['cells_in']:,} cells from {len(inputs)} file(s) into {out} "
+          f"({s['tokens']:,} tokens, {s['seconds']:.1f} s); dropped {s['zero_cells_dropped']} zero-count cells; "
+          f"{s['unknown_gene_columns']} gene columns not in the dictionary")
+    return 0
