@@ -727,7 +727,7 @@ class GenomeTupleDataset(_IterableBase):
         for _, item in self.iter_with_source_windows():
             yield item if self.transform is None else self.transform(item)
 
-# %% ../nbs/13_genome.ipynb #6946e5da
+# %% ../nbs/13_genome.ipynb #737a27fa
 BASE_TOKENS = {b: i for i, b in enumerate(ALPHABET)}
 PAD_TOKEN = len(ALPHABET)
 _TOKEN_LUT = np.full(256, 255, dtype=np.uint8)
@@ -764,8 +764,12 @@ def encode_item(item: TrainingDatasetItem, # an item of GenomeTupleDataset
         if max(len(e.ref), len(e.alt)) > A: raise ValueError(f"item {item.index}: edit {e.key} has an allele longer than max_allele_len={A}")
         pos[i], mask[i] = e.pos, True
         ref[i, :len(e.ref)] = encode_sequence(e.ref); alt[i, :len(e.alt)] = encode_sequence(e.alt)
+    tl = target_len or len(item.sequence)
+    if len(t.target_window) > tl:
+        raise ValueError(f"item {item.index}: target of length {len(t.target_window)} exceeds target_len={tl} "
+                         f"(without preserve_length, pass target_len >= window length + the largest net insertion)")
     out = dict(index=np.int64(item.index), window=encode_sequence(item.sequence, kind),
-               target=encode_sequence(t.target_window, kind, target_len or len(item.sequence)),
+               target=encode_sequence(t.target_window, kind, tl),
                target_length=np.int64(len(t.target_window)),
                edit_pos=pos, edit_ref=ref, edit_alt=alt, edit_mask=mask)
     if as_torch:

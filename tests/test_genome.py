@@ -516,6 +516,7 @@ def test_encoding():
     assert e['edit_alt'][0].tolist() == [1, 2, 2, 5] and e['edit_ref'][1].tolist() == [3, 0, 5, 5]
     assert e['target'].tolist() == [0, 1, 2, 2, 2, 3, 1, 5] and int(e['target_length']) == 7
     with pytest.raises(ValueError, match='exceed max_edits=1'): encode_item(item, max_edits=1)
+    with pytest.raises(ValueError, match='target of length 7 exceeds target_len=6'): encode_item(item)
     with pytest.raises(ValueError, match='longer than max_allele_len=2'): encode_item(item, max_allele_len=2)
 
 
