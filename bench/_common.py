@@ -139,7 +139,13 @@ except BaseException as e:
     out['error'] = f"{type(e).__name__}: {e}"
     out['traceback'] = traceback.format_exc()[-4000:]
 scale = 1 if sys.platform == 'darwin' else 1024   # ru_maxrss is bytes on macOS, KiB on Linux
-out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+# On Linux ru_maxrss survives fork+exec (it starts at the parent's RSS), so prefer this process's own VmHWM.
+hwm = None
+try:
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'): hwm = int(line.split()[1]) / 1024
+except OSError: pass
+out['peak_rss_mb'] = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 out['peak_rss_children_mb'] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 2**20
 with open(spec['out'], 'w') as f: json.dump(out, f, default=lambda o: o.item() if hasattr(o, 'item') else str(o))
 '''
@@ -176,9 +182,10 @@ def run_in_fresh_process(target: str, # 'package.module:function' or 'path/to/fi
                         ) -> dict:
     """Run `target(**kwargs)` in a new `python -c` process; return its dict plus timing and memory.
 
-    Added keys: `peak_rss_mb` (the child's own peak, from getrusage), `peak_rss_children_mb` (largest of its own
-    children, e.g. DataLoader workers), `peak_rss_tree_mb` (largest sampled sum over the child and its
-    descendants; needs psutil), `wall_s`, `_import_s`, `_call_s`, `returncode`; on failure `error` (and
+    Added keys: `peak_rss_mb` (the child's own peak: VmHWM on Linux, else getrusage), `peak_rss_children_mb`
+    (getrusage of its waited-for children, e.g. DataLoader workers; on Linux it includes what a worker inherited
+    at fork), `peak_rss_tree_mb` (largest sampled sum of RSS over the child and its descendants, every
+    `poll_rss` s; pages shared between them count more than once; needs psutil), `wall_s`, `_import_s`, `_call_s`, `returncode`; on failure `error` (and
     `traceback` / `stderr_tail`) instead of raising, so one broken candidate does not stop a benchmark."""
     spec = _parse_target(target)
     spec['kwargs'] = kwargs or {}
@@ -259,7 +266,7 @@ def interleaved(candidates: dict, # name -> (target, kwargs) or (target, kwargs,
 def medians(rows: list[dict], # rows from `interleaved`
             key: str='name', # group by this column
            ) -> list[dict]:
-    "One row per group: the median of every numeric column over runs without `error`, `n_ok`/`n_runs`, first error seen."
+    "One row per group: median of each numeric column over runs without `error`; booleans all-true; `n_ok`/`n_runs`; first error."
     groups: dict = {}
     for r in rows: groups.setdefault(r[key], []).append(r)
     out = []
@@ -274,6 +281,8 @@ def medians(rows: list[dict], # rows from `interleaved`
             vals = [r[k] for r in ok if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                     and not (isinstance(r[k], float) and math.isnan(r[k]))]
             if vals: m[k] = statistics.median(vals)
+        bools = {k for r in ok for k, v in r.items() if isinstance(v, bool)}
+        for k in bools: m[k] = all(r.get(k) is True for r in ok)   # True only when every run says so
         for r in ok:   # non-numeric descriptive fields (first run's) e.g. notes, versions
             for k, v in r.items():
                 if k not in m and isinstance(v, str) and k not in ('traceback', 'stderr_tail'): m[k] = v

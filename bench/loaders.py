@@ -1,0 +1,449 @@
+#!/usr/bin/env python
+"""Loader benchmark: spatial_dl against its peers on one large CSR .h5ad, dense float32 batches of 256.
+
+    .venv/bin/python bench/loaders.py --quick                       # ≤ 60 s, 20,000 × 20,000 file
+    .venv/bin/python bench/loaders.py --json bench/results/loaders.json   # full: 100,000 × 20,000, 3 rounds
+
+The file (rows sorted by sample, then cell type, ~1,480 nonzeros per cell) is generated once and reused from
+`--data-dir` (default /tmp/spatial_dl_bench). Every candidate runs in a fresh process; candidates are interleaved
+round-robin over `--repeats` rounds and medians are reported. See bench/README.md for the columns.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.append(str(Path(__file__).resolve().parent))
+from _common import (base_argparser, interleaved, machine_info, medians, print_table, target,  # noqa: E402
+                     time_batches, write_json)
+
+PACKAGES = ('spatial_dl', 'numpy', 'scipy', 'torch', 'h5py', 'anndata', 'pandas', 'scdataset', 'annbatch', 'psutil')
+LABEL_KEY = 'cell_type'
+
+
+# ================================================================================================ data
+def _write_cells_local(path, n_obs, n_vars, nnz_per_cell, n_samples, n_cell_types, seed):
+    "Fallback generator (used only when spatial_dl.datasets.write_cells_h5ad cannot be imported): same layout, uniform genes."
+    import h5py
+    import pandas as pd
+    from anndata.io import write_elem
+    rng = np.random.default_rng(seed)
+    sample_of = np.sort(rng.integers(0, n_samples, n_obs))
+    p_type = rng.dirichlet(np.full(n_cell_types, 2.0))
+    type_of = np.empty(n_obs, np.int64)
+    for s in range(n_samples):
+        idx = np.flatnonzero(sample_of == s)
+        type_of[idx] = np.sort(rng.choice(n_cell_types, len(idx), p=p_type))
+    k = min(nnz_per_cell, n_vars // 2)
+    tmp = Path(str(path) + '.part')
+    with h5py.File(tmp, 'w') as f:
+        f.attrs['encoding-type'] = 'anndata'; f.attrs['encoding-version'] = '0.1.0'
+        g = f.create_group('X')
+        g.attrs['encoding-type'] = 'csr_matrix'; g.attrs['encoding-version'] = '0.1.0'; g.attrs['shape'] = (n_obs, n_vars)
+        data = g.create_dataset('data', shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 18,))
+        ind = g.create_dataset('indices', shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 18,))
+        counts = np.zeros(n_obs, np.int64)
+        for a in range(0, n_obs, 4096):
+            b = min(a + 4096, n_obs)
+            cols = np.sort(rng.integers(0, n_vars, (b - a, k)), axis=1)
+            keep = np.ones_like(cols, bool); keep[:, 1:] = cols[:, 1:] != cols[:, :-1]
+            counts[a:b] = keep.sum(1)
+            c = cols[keep].astype(np.int32)
+            n0 = data.shape[0]
+            data.resize((n0 + len(c),)); ind.resize((n0 + len(c),))
+            data[n0:] = rng.geometric(0.55, len(c)).astype(np.float32); ind[n0:] = c
+        g.create_dataset('indptr', data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        obs = pd.DataFrame({'sample': pd.Categorical.from_codes(sample_of, [f'sample_{s}' for s in range(n_samples)]),
+                            LABEL_KEY: pd.Categorical.from_codes(type_of, [f'celltype_{t:02d}' for t in range(n_cell_types)])},
+                           index=[f'cell_{i:08d}' for i in range(n_obs)])
+        write_elem(f, 'obs', obs)
+        write_elem(f, 'var', pd.DataFrame(index=[f'G{g:05d}' for g in range(n_vars)]))
+        for key in ('obsm', 'varm', 'obsp', 'varp', 'layers', 'uns'): write_elem(f, key, {})
+    os.replace(tmp, path)
+
+
+def data_path(data_dir, n_obs: int, n_vars: int, nnz_per_cell: int=1480, n_samples: int=4, n_cell_types: int=20,
+              seed: int=0) -> tuple[Path, dict, object, str]:
+    "Where the file for these sizes lives, the generator's kwargs, the generator function and its description."
+    nnz = min(nnz_per_cell, n_vars // 2)
+    kw = dict(n_obs=n_obs, n_vars=n_vars, nnz_per_cell=nnz, n_samples=n_samples, n_cell_types=n_cell_types, seed=seed)
+    try:
+        from spatial_dl.datasets import write_cells_h5ad
+        gen = 'spatial_dl.datasets.write_cells_h5ad'
+        import hashlib, inspect
+        import spatial_dl.datasets as dsm
+        # a change to the generator's code gives a new file name, so a stale cache is never reused
+        src = inspect.getsource(write_cells_h5ad)
+        for name in sorted(n for n in vars(dsm) if n.startswith('_') and callable(getattr(dsm, n)) and n in src):
+            try: src += inspect.getsource(getattr(dsm, name))   # private helpers it calls
+            except (TypeError, OSError): pass
+        tag = 'sdl' + hashlib.sha1(src.encode()).hexdigest()[:8]
+    except Exception as e:  # the lead's module absent or mid-edit: fall back, and say so in the JSON
+        write_cells_h5ad, gen, tag = None, f'bench-local generator ({type(e).__name__}: {e})'[:200], 'local'
+    path = Path(data_dir) / f'cells_{n_obs}x{n_vars}_nnz{nnz}_s{n_samples}_t{n_cell_types}_seed{seed}_{tag}.h5ad'
+    return path, kw, write_cells_h5ad, gen
+
+
+def ensure_data(data_dir, n_obs: int, n_vars: int, **kw) -> tuple[Path, str]:
+    "Path of the benchmark file for these sizes (generated when absent, reused when present) and which generator wrote it."
+    path, kw, write, gen = data_path(data_dir, n_obs, n_vars, **kw)
+    if path.exists(): return path, gen + ' (cached)'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if write: write(path, progress=False, **kw)
+    else: _write_cells_local(path, **kw)
+    print(f'generated {path} in {time.perf_counter() - t0:.1f} s', file=sys.stderr)
+    return path, gen
+
+
+def read_labels(path, key: str=LABEL_KEY) -> np.ndarray:
+    "Integer codes of obs[key] straight from the h5ad (categorical or plain)."
+    import h5py
+    with h5py.File(path, 'r') as f:
+        node = f['obs'][key]
+        if isinstance(node, h5py.Group): return node['codes'][:].astype(np.int64)
+        return np.unique(node[:], return_inverse=True)[1].astype(np.int64)
+
+
+# ================================================================================================ mixing
+def _tv_local(label_batches, global_labels) -> float:
+    k = int(global_labels.max()) + 1
+    p = np.bincount(global_labels, minlength=k) / len(global_labels)
+    tvs = [0.5 * np.abs(np.bincount(b, minlength=k) / len(b) - p).sum() for b in label_batches if len(b)]
+    return float(np.mean(tvs)) if tvs else float('nan')
+
+
+def tv_mixing(label_batches, global_labels) -> dict:
+    "Mean total-variation distance (and entropy) of each batch's label mix against the global mix, and which code computed it."
+    try:
+        from spatial_dl.randomness import batch_mixing
+        r = batch_mixing(label_batches, global_labels)
+        return {'tv': float(r['tv']), 'entropy': float(r['entropy']), 'tv_source': 'spatial_dl.randomness.batch_mixing'}
+    except ImportError: pass
+    return {'tv': _tv_local(label_batches, global_labels), 'tv_source': 'bench-local'}
+
+
+def ideal_tv(global_labels, batch_size: int=256, seed: int=0) -> float:
+    "Expected TV of a batch cut from a full random permutation (the best any shuffle can do)."
+    try:
+        from spatial_dl.randomness import ideal_mixing
+        return float(ideal_mixing(global_labels, batch_size)['tv'])
+    except ImportError: pass
+    rng = np.random.default_rng(seed)   # brute force: batches cut from random permutations
+    per = len(global_labels) // batch_size
+    out = [global_labels[rng.permutation(len(global_labels))[:per * batch_size].reshape(per, batch_size)] for _ in range(20)]
+    return _tv_local([b for o in out for b in o], global_labels)
+
+
+# ================================================================================================ candidates
+# Each `run_*` runs in its own fresh process (via _common.run_in_fresh_process) and returns a JSON-able dict.
+def _measure(batches, path, n_vars, labels, labels_of, n_batches, warmup, max_seconds, t_start, check_rows=None):
+    """Time `batches` (dicts); collect labels for TV; check the first batch's values against h5py.
+
+    `t_start`: when the candidate began building its loader (after imports): first-batch time and the overall
+    rate count from there, so opening files or loading the whole matrix is part of the cost."""
+    import torch
+    label_batches, first = [], {}
+    def consume(b):
+        X = b['X'] if isinstance(b, dict) else b[0]
+        if not (isinstance(X, torch.Tensor) and X.dtype == torch.float32 and X.layout == torch.strided
+                and X.ndim == 2 and X.shape[1] == n_vars):
+            raise TypeError(f'expected a dense float32 tensor (n, {n_vars}), got {type(X).__name__} '
+                            f'{getattr(X, "dtype", "")} {tuple(getattr(X, "shape", ()))}')
+        lab = labels_of(b, labels)
+        label_batches.append(np.asarray(lab, np.int64))
+        if not first and check_rows is not None: first.update(X=X[:8].clone(), rows=check_rows(b)[:8])
+    t_call = time.perf_counter()
+    r = time_batches(batches, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds,
+                     count=lambda b: (b['X'] if isinstance(b, dict) else b[0]).shape[0], consume=consume)
+    extra = t_call - t_start   # setup: opening the file, building the loader, loading the matrix
+    r['items_per_s_incl_first'] = r['n_items'] / (r['n_items'] / r['items_per_s_incl_first'] + extra)
+    r['first_batch_s'] += extra
+    out = {'cells_per_s': r['items_per_s'], 'cells_per_s_incl_first': r['items_per_s_incl_first'],
+           'first_batch_s': r['first_batch_s'], **tv_mixing(label_batches, labels), 'n_batches': r['n_batches'],
+           'n_cells': r['n_items'], 'steady_s': r['steady_s']}
+    if first:
+        import h5py
+        rows = np.asarray(first['rows'])
+        with h5py.File(path, 'r') as f:
+            g = f['X']; ip = g['indptr']
+            ref = np.zeros((len(rows), n_vars), np.float32)
+            for i, row in enumerate(rows):
+                a, b = int(ip[row]), int(ip[row + 1])
+                ref[i, g['indices'][a:b]] = g['data'][a:b]
+        out['values_ok'] = bool(np.array_equal(first['X'].numpy(), ref))
+    return out
+
+
+def _common_kw(path, n_vars, n_batches, warmup, max_seconds):
+    return dict(path=path, n_vars=n_vars, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds,
+                labels=read_labels(path))
+
+
+def run_spatial_dl(path, n_vars, batch_size=256, strategy='block', block_size=16, fetch_factor=16, num_workers=0,
+                   n_batches=160, warmup=5, max_seconds=20.0, seed=0) -> dict:
+    "spatial_dl.loaders.AnnDataset (+ make_dataloader when num_workers > 0)."
+    import torch  # noqa: F401
+    from spatial_dl.loaders import AnnDataset, make_dataloader
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    t0 = time.perf_counter()
+    kw = dict(batch_size=batch_size, strategy=strategy, seed=seed, obs_keys=(LABEL_KEY,), output='dense')
+    if strategy == 'block': kw.update(block_size=block_size, fetch_factor=fetch_factor)
+    elif strategy == 'random': kw.update(fetch_factor=fetch_factor)
+    ds = AnnDataset([str(path)], **kw)
+    it = make_dataloader(ds, num_workers=num_workers) if num_workers else ds
+    def labels_of(b, labels):
+        idx = np.asarray(b['index'])
+        if LABEL_KEY in b and not np.array_equal(np.asarray(b[LABEL_KEY]), labels[idx]):
+            raise AssertionError(f"batch['{LABEL_KEY}'] disagrees with obs codes at batch['index']")
+        return labels[idx]
+    return _measure(it, check_rows=lambda b: np.asarray(b['index']), labels_of=labels_of, t_start=t0, **ckw)
+
+
+def run_scdataset(path, n_vars, batch_size=256, block_size=16, fetch_factor=16, n_batches=160, warmup=5,
+                  max_seconds=20.0, seed=0) -> dict:
+    "scDataset 0.3 over a backed AnnData: BlockShuffling, a fetch transform like its adata_to_mindex (densifies), then torch."
+    import anndata as ad
+    import torch
+    from functools import partial
+    from scdataset import BlockShuffling, MultiIndexable, scDataset
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(path, backed='r')
+    obs_names = adata.obs_names
+    pos = {n: i for i, n in enumerate(obs_names)}
+    def to_torch(mb):
+        X = mb['X']
+        return {'X': torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), 'cell_type': mb[LABEL_KEY],
+                'names': mb['_names']}
+    def fetch_tf(view):   # what scdataset.transforms.adata_to_mindex does, plus obs_names to check values
+        mem = view.to_memory()
+        X = mem.X.toarray() if hasattr(mem.X, 'toarray') else np.asarray(mem.X)
+        return MultiIndexable({'X': X, LABEL_KEY: mem.obs[LABEL_KEY].values, '_names': np.asarray(mem.obs_names)})
+    ds = scDataset(adata, BlockShuffling(block_size=block_size), batch_size=batch_size, fetch_factor=fetch_factor,
+                   fetch_transform=fetch_tf, batch_transform=to_torch, seed=seed)
+    cats = {c: i for i, c in enumerate(adata.obs[LABEL_KEY].cat.categories)}
+    labels_of = lambda b, labels: np.array([cats[c] for c in b['cell_type']])
+    rows = lambda b: np.array([pos[n] for n in b['names']])
+    return _measure(ds, labels_of=labels_of, check_rows=rows, t_start=t0, **ckw)
+
+
+def run_annloader(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds=20.0, seed=0) -> dict:
+    "anndata.experimental.AnnLoader (deprecated in 0.12.17) over a backed AnnData, shuffle=True, densified."
+    import warnings
+    import anndata as ad
+    import torch
+    warnings.simplefilter('ignore')
+    from anndata.experimental import AnnLoader
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(path, backed='r')
+    pos = {n: i for i, n in enumerate(adata.obs_names)}
+    loader = AnnLoader(adata, batch_size=batch_size, shuffle=True)
+    cats = {c: i for i, c in enumerate(adata.obs[LABEL_KEY].cat.categories)}
+    def batches():
+        for b in loader:
+            X = b.X
+            X = X.to_dense() if X.layout != torch.strided else X
+            yield {'X': X.to(torch.float32), 'ct': b.obs[LABEL_KEY], 'names': b.obs_names}
+    def labels_of(b, labels):
+        ct = b['ct']
+        return np.asarray(ct.cat.codes if hasattr(ct, 'cat') else [cats[c] for c in ct])
+    rows = lambda b: np.array([pos[n] for n in b['names']])
+    return _measure(batches(), labels_of=labels_of, check_rows=rows, t_start=t0, **ckw)
+
+
+def run_naive(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds=20.0, seed=0, reader='anndata') -> dict:
+    "Naive full random: each batch = random rows (a permutation's slice), sorted, read from the backed file, densified."
+    import torch
+    import anndata as ad
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    if reader == 'anndata':
+        X = ad.read_h5ad(path, backed='r').X   # a backed CSR dataset
+        n = X.shape[0]
+        read = lambda idx: X[idx].toarray()
+    else:
+        import h5py
+        import scipy.sparse as sp
+        g = h5py.File(path, 'r')['X']
+        ip = g['indptr'][:]; n = len(ip) - 1
+        def read(idx):
+            parts_i, parts_d, lens = [], [], []
+            for r in idx:
+                a, b = ip[r], ip[r + 1]
+                parts_i.append(g['indices'][a:b]); parts_d.append(g['data'][a:b]); lens.append(b - a)
+            m = sp.csr_matrix((np.concatenate(parts_d), np.concatenate(parts_i), np.concatenate([[0], np.cumsum(lens)])),
+                              shape=(len(idx), n_vars))
+            return m.toarray()
+    perm = rng.permutation(n)
+    def batches():
+        for s in range(0, n - batch_size + 1, batch_size):
+            idx = np.sort(perm[s:s + batch_size])
+            yield {'X': torch.from_numpy(read(idx).astype(np.float32, copy=False)), 'index': idx}
+    return _measure(batches(), labels_of=lambda b, labels: labels[b['index']], check_rows=lambda b: b['index'],
+                    t_start=t0, **ckw)
+
+
+def run_in_memory(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds=20.0, seed=0) -> dict:
+    "Reference: the whole CSR in RAM (anndata.read_h5ad, index dtypes matched), random fancy index per batch + densify."
+    import anndata as ad
+    import torch
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    t0 = time.perf_counter()
+    X = ad.read_h5ad(path).X
+    if X.indptr.dtype != X.indices.dtype:
+        # scipy's row fancy-indexing casts a mismatched `indices` (the whole array!) on every call: ~100 ms per batch
+        # for int64 indptr + int32 indices. A reference should be the best one can do in memory, so match them once.
+        idx_t = np.int32 if X.nnz < 2**31 and X.shape[1] < 2**31 else np.int64
+        X.indptr, X.indices = X.indptr.astype(idx_t), X.indices.astype(idx_t)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(X.shape[0])
+    def batches():
+        for s in range(0, X.shape[0] - batch_size + 1, batch_size):
+            idx = perm[s:s + batch_size]
+            yield {'X': torch.from_numpy(X[idx].toarray().astype(np.float32, copy=False)), 'index': idx}
+    res = _measure(batches(), labels_of=lambda b, labels: labels[b['index']], check_rows=lambda b: b['index'],
+                   t_start=t0, **ckw)
+    res['load_s'] = load_s
+    return res
+
+
+def run_annbatch(path, n_vars, **kw) -> dict:
+    "annbatch, only where it imports (it needs Python >= 3.12 and a conversion to its own zarr store)."
+    import annbatch  # noqa: F401  -- raises ImportError here on Python 3.11
+    raise NotImplementedError('annbatch imported, but this benchmark does not drive it yet')
+
+
+# ================================================================================================ driver
+def candidates(path, n_vars, n_batches, warmup, max_seconds, workers=(1, 2)) -> dict:
+    me = str(Path(__file__).resolve())
+    kw = dict(path=str(path), n_vars=n_vars, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds)
+    c = {
+        'spatial_dl block': (f'{me}:run_spatial_dl', dict(kw, strategy='block')),
+        'spatial_dl random': (f'{me}:run_spatial_dl', dict(kw, strategy='random')),
+        'spatial_dl sequential': (f'{me}:run_spatial_dl', dict(kw, strategy='sequential')),
+    }
+    for w in workers:
+        c[f'spatial_dl block, {w} worker' + ('s' if w > 1 else '')] = (f'{me}:run_spatial_dl', dict(kw, strategy='block', num_workers=w))
+    c.update({
+        'scDataset b16/f16': (f'{me}:run_scdataset', kw),
+        'AnnLoader (backed)': (f'{me}:run_annloader', kw),
+        'naive sorted-batch reads': (f'{me}:run_naive', kw),
+        'in-memory CSR reference': (f'{me}:run_in_memory', kw),
+    })
+    return c
+
+
+def _avail(mod: str) -> bool:
+    try: return importlib.util.find_spec(mod) is not None
+    except Exception: return False
+
+
+def compute_ratios(med: dict, rss_limit_mb=1024) -> dict:
+    "The issue's targets from the median rows (keyed by candidate name)."
+    g = lambda name, k: (med.get(name) or {}).get(k)
+    def div(a, b): return a / b if (a is not None and b) else None
+    blk, sc = g('spatial_dl block', 'cells_per_s'), g('scDataset b16/f16', 'cells_per_s')
+    rnd, naive = g('spatial_dl random', 'cells_per_s'), g('naive sorted-batch reads', 'cells_per_s')
+    w = [g(n, 'cells_per_s') for n in med if n.startswith('spatial_dl block, ')]
+    w = [x for x in w if x is not None]
+    sdl = [n for n in med if n.startswith('spatial_dl') and g(n, 'first_batch_s') is not None]
+    first = max((g(n, 'first_batch_s') for n in sdl), default=None)
+    rss = max((g(n, 'peak_rss_mb') for n in sdl if ', ' not in n and g(n, 'peak_rss_mb') is not None), default=None)
+    rss_w = max((g(n, 'peak_rss_tree_mb') or 0 for n in sdl if ', ' in n), default=None)
+    return {
+        'block_cells_per_s': target(blk, '>=', 35000, 'spatial_dl block shuffle, one process, steady state'),
+        'block_over_scdataset': target(div(blk, sc), '>=', 2.4, 'spatial_dl block / scDataset b16/f16 cells/s'),
+        'block_tv': target(g('spatial_dl block', 'tv'), '<=', 0.11, 'mean TV of cell-type mix per batch vs global'),
+        'random_over_naive': target(div(rnd, naive), '>=', 10, 'spatial_dl full random / naive sorted-batch reads'),
+        'first_batch_s': target(first, '<', 1.0, 'worst time to first batch over the spatial_dl candidates'),
+        'peak_rss_mb': target(rss, '<', rss_limit_mb, 'largest peak RSS of the single-process spatial_dl candidates'),
+        'peak_rss_workers_tree_mb': target(rss_w or None, '<', 2 * rss_limit_mb,
+                                           'sampled RSS of main process + DataLoader workers (informational bound)'),
+        'workers_over_single': target(div(max(w) if w else None, blk), '>=', 1.0,
+                                      'best of spatial_dl block with 1 or 2 DataLoader workers / single process'),
+    }
+
+
+COLUMNS = [('name', 'loader'), ('cells_per_s', 'cells/s', '{:,.0f}'), ('cells_per_s_incl_first', 'incl. 1st', '{:,.0f}'),
+           ('first_batch_s', '1st batch s', '{:.3f}'), ('tv', 'TV', '{:.3f}'), ('peak_rss_mb', 'peak RSS MB', '{:,.0f}'),
+           ('peak_rss_tree_mb', 'tree RSS MB', '{:,.0f}'), ('values_ok', 'values ok'), ('n_ok', 'runs ok'), ('note', 'note')]
+
+
+def main(argv=None) -> int:
+    p = base_argparser(__doc__.splitlines()[0])
+    p.add_argument('--data-dir', default=os.environ.get('SPATIAL_DL_BENCH_DATA', '/tmp/spatial_dl_bench'),
+                   help='where the generated .h5ad files are kept and reused')
+    p.add_argument('--only', default=None, help='comma-separated substrings: run only candidates whose name contains one')
+    p.add_argument('--n-obs', type=int, default=None, help=argparse_hidden())
+    p.add_argument('--n-vars', type=int, default=None, help=argparse_hidden())
+    p.add_argument('--n-batches', type=int, default=None, help=argparse_hidden())
+    a = p.parse_args(argv)
+    t_all = time.perf_counter()
+    n_obs = a.n_obs or (20_000 if a.quick else 100_000)
+    n_vars = a.n_vars or 20_000
+    n_batches = a.n_batches or (32 if a.quick else 160)
+    # the timed window starts at a fetch boundary (after the first 16 batches = one fetch of the fetch-based loaders)
+    # and spans whole fetches, so loaders that read 16 batches at once are not flattered by a partial window
+    warmup, max_seconds = (15, 4.0) if a.quick else (15, 20.0)
+    repeats = a.repeats or (1 if a.quick else 3)
+    path, gen = ensure_data(a.data_dir, n_obs, n_vars)
+    labels = read_labels(path)
+    tv_ideal = ideal_tv(labels)
+    cands = candidates(path, n_vars, n_batches, warmup, max_seconds)
+    if a.only: cands = {k: v for k, v in cands.items() if any(s.strip() in k for s in a.only.split(','))}
+    have_sdl = _avail('spatial_dl.loaders') if _avail('spatial_dl') else False
+    skipped = []
+    if not have_sdl:
+        skipped += [{'name': n, 'note': 'not available: spatial_dl.loaders missing'} for n in cands if n.startswith('spatial_dl')]
+        cands = {k: v for k, v in cands.items() if not k.startswith('spatial_dl')}
+    if not _avail('scdataset'):
+        skipped.append({'name': 'scDataset b16/f16', 'note': 'not available: scdataset not installed'}); cands.pop('scDataset b16/f16', None)
+    if _avail('annbatch'):
+        cands['annbatch'] = (f'{Path(__file__).resolve()}:run_annbatch', dict(path=str(path), n_vars=n_vars))
+    else:
+        skipped.append({'name': 'annbatch', 'note': f'not available: does not import on Python {sys.version.split()[0]} (needs >= 3.12)'})
+    print(f'file: {path} ({path.stat().st_size / 2**30:.2f} GiB, {n_obs:,} x {n_vars:,}); ideal TV {tv_ideal:.3f}; '
+          f'{len(cands)} candidates x {repeats} rounds; load {os.getloadavg()[0]:.1f}', file=sys.stderr)
+    rows = interleaved(cands, repeats=repeats, timeout=a.timeout)
+    med = medians(rows)
+    for m in med:
+        m['tv_ideal'] = tv_ideal
+        if m.get('error'): m['note'] = m['error'][:60]
+    table_rows = med + skipped
+    print(f'\n{n_obs:,} x {n_vars:,} CSR h5ad, batch 256, dense float32 torch tensors; median of {repeats} round(s); '
+          f'ideal TV (full random) {tv_ideal:.3f}')
+    print_table(table_rows, COLUMNS)
+    ratios = compute_ratios({m['name']: m for m in med})
+    print()
+    print_table([{'ratio': k, **v} for k, v in ratios.items()],
+                ['ratio', ('value', 'value', '{:,.3f}'), ('target', 'goal'), 'pass', 'note'])
+    elapsed = time.perf_counter() - t_all
+    print(f'\ntotal {elapsed:.0f} s; load average now {os.getloadavg()[0]:.1f}', file=sys.stderr)
+    write_json(a.json, rows, ratios, packages=PACKAGES, extra={
+        'benchmark': 'loaders', 'command': ' '.join([Path(sys.executable).name, *sys.argv]) if argv is None else argv,
+        'params': dict(n_obs=n_obs, n_vars=n_vars, batch_size=256, n_batches=n_batches, warmup=warmup,
+                       max_seconds=max_seconds, repeats=repeats, quick=a.quick),
+        'data': {'path': str(path), 'generator': gen, 'bytes': path.stat().st_size, 'ideal_tv': tv_ideal},
+        'medians': med, 'not_available': skipped, 'elapsed_s': elapsed})
+    if a.json: print(f'wrote {a.json}', file=sys.stderr)
+    return 0
+
+
+def argparse_hidden():
+    import argparse
+    return argparse.SUPPRESS
+
+
+if __name__ == '__main__':
+    sys.exit(main())
