@@ -307,7 +307,7 @@ def variant_provider(variants: Iterable, # Variants or (chrom, 1-based pos, ref,
     "A provider yielding the `variants` that lie wholly inside a placed window, as relative edits (ref checked)."
     return VariantProvider(variants)
 
-# %% ../nbs/13_genome.ipynb #b9649120
+# %% ../nbs/13_genome.ipynb #c78e4344
 @dataclass(frozen=True)
 class HoldoutInterval:
     "A held-out region `[start_bp, end_bp)` (0-based, half-open) of `chrom`."
@@ -352,6 +352,14 @@ class HoldoutPolicy:
         if edit_key(window, edit) in self._sets[1]: return True
         return window.placed and any(iv.intersects(window.chrom, window.start_bp + edit.pos, window.start_bp + edit.end)
                                      for iv in self.intervals)
+
+    def usable_flank(self, window: WindowContext) -> str:
+        "`window.flank` cut before the first held-out interval it reaches (so refilled deletions never reveal held-out bases)."
+        f = window.flank
+        if not f or not window.placed: return f
+        cut = min((iv.start_bp - window.end_bp for iv in self.intervals
+                   if iv.intersects(window.chrom, window.end_bp, window.end_bp + len(f))), default=len(f))
+        return f[:max(cut, 0)]
 
 # %% ../nbs/13_genome.ipynb #5071a3c0
 @dataclass(frozen=True)
@@ -411,7 +419,7 @@ def _draw(window, source, provider, n, rng, holdouts, max_rounds):
         if new == 0: break
     return None, len(chosen)
 
-# %% ../nbs/13_genome.ipynb #8f7f91d0
+# %% ../nbs/13_genome.ipynb #100fca10
 def build_training_tuples(window: WindowContext, # the window to edit
                           providers: Mapping[str, Provider], # source name -> provider
                           rng: np.random.Generator|int=0, # random stream, or an int seed for `make_rng`
@@ -444,7 +452,8 @@ def build_training_tuples(window: WindowContext, # the window to edit
             if nxt not in providers:
                 raise ValueError(f"fallback {nxt!r} for source {src!r} has no provider; providers given: {sorted(providers)}")
             src = nxt
-        target = apply_edits(window.sequence, edits, preserve_length, window.flank, what=window.window_id)
+        flank = window.flank if holdouts is None else holdouts.usable_flank(window)
+        target = apply_edits(window.sequence, edits, preserve_length, flank, what=window.window_id)
         out.append(TrainingTuple(window.window_id, window.record_id, src, edits, target, window.start_bp, window.end_bp,
                                  window.chrom, m.source))
     return tuple(out)

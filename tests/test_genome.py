@@ -774,3 +774,17 @@ def test_drop_last_gives_equal_shares(world_size, block):
     limit = (len(ref) // (block * world_size)) * block * world_size
     assert {len(s) for s in shares} == {limit // world_size}
     assert sorted((it for s in shares for it in s), key=lambda it: it.index) == ref[:limit]
+
+
+def test_refilled_deletions_never_reveal_held_out_bases():
+    ref = rand_seq(60, 15)
+    w = WindowContext('chr1', 'reference', ref[:20], chrom='chr1', flank=ref[20:30])
+    dele = {'del': lambda win, n, rng: [RelEdit(2, win.sequence[2:8], win.sequence[2])]}   # net -5
+    free = build_training_tuples(w, dele, mix={'del': 1})[0].target_window
+    assert free == (ref[:3] + ref[8:20] + ref[20:25])
+    hold = HoldoutPolicy(intervals=[HoldoutInterval('chr1', 23, 40)])
+    assert not hold.excludes_window(w) and hold.usable_flank(w) == ref[20:23]
+    held = build_training_tuples(w, dele, mix={'del': 1}, holdouts=hold)[0].target_window
+    assert held == ref[:3] + ref[8:20] + ref[20:23] + 'NN'
+    far = HoldoutPolicy(intervals=[HoldoutInterval('chr1', 30, 40), HoldoutInterval('chr2', 0, 99)])
+    assert far.usable_flank(w) == w.flank
