@@ -5,10 +5,9 @@
 # %% auto #0
 __all__ = ['make_strategy', 'csr_to_dense', 'csr_to_torch', 'AnnDataset', 'AnnDataLoader', 'make_dataloader']
 
-# %% ../nbs/04_loaders.ipynb #796386d7
-import os, sys, threading
+# %% ../nbs/04_loaders.ipynb #914822d4
+import os, sys, threading, ctypes
 import multiprocessing as mp
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
@@ -16,11 +15,11 @@ import torch
 from torch.utils.data import IterableDataset, DataLoader
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
-# %% ../nbs/04_loaders.ipynb #0b9efbef
+# %% ../nbs/04_loaders.ipynb #8163b7b1
 from .core import DistInfo, rank_and_world, dist_info, check_positive_int, check_choice
 from .shuffle import (ShuffleStrategy, SequentialShuffleStrategy, BlockShuffleStrategy, RandomShuffleStrategy,
                                 FetchPlan, as_indices)
-from .readers import H5adCollection
+from .readers import H5adCollection, BufferPool
 
 # %% ../nbs/04_loaders.ipynb #3fd24c61
 _STRATEGIES = {'block': BlockShuffleStrategy, 'random': RandomShuffleStrategy, 'sequential': SequentialShuffleStrategy}
@@ -43,33 +42,45 @@ def make_strategy(strategy: str|ShuffleStrategy='block', # 'block', 'random', 's
     if block_size is not None: raise ValueError(f"block_size applies to strategy='block' only, got strategy={strategy!r}")
     return _STRATEGIES[strategy](**kw)
 
-# %% ../nbs/04_loaders.ipynb #7ece69d8
-def csr_to_dense(X: sp.csr_matrix) -> torch.Tensor:
-    "Dense float32 tensor of a CSR matrix (scatter into a zeroed tensor; duplicate entries are summed)."
-    out = torch.zeros(X.shape, dtype=torch.float32)
+# %% ../nbs/04_loaders.ipynb #3a870088
+try: from scipy.sparse._sparsetools import csr_todense as _csr_todense   # the compiled scatter behind toarray()
+except ImportError: _csr_todense = None
+
+def csr_to_dense(X: sp.csr_matrix, # rows to densify
+                 pool: BufferPool|None=None, # reuse buffers from this pool (a fresh tensor when None)
+                ) -> torch.Tensor:
+    "Dense float32 tensor of a CSR matrix (scatter into a zeroed buffer; duplicate entries are summed)."
+    n, g = X.shape
+    if pool is None: out = np.zeros((n, g), np.float32)
+    else:
+        out = pool.array((n, g), np.float32)
+        ctypes.memset(out.ctypes.data, 0, out.nbytes)     # plain memset: ~2x faster than ndarray.fill
     if X.nnz:
-        X = X if X.dtype == np.float32 else X.astype(np.float32)
-        X.toarray(out=out.numpy())
-    return out
+        data = X.data if X.data.dtype == np.float32 else X.data.astype(np.float32)
+        if _csr_todense is not None and X.indptr.dtype == X.indices.dtype:
+            _csr_todense(n, g, X.indptr, X.indices, data, out)   # toarray(out=) would zero `out` a second time
+        else: out[:] = X.toarray()
+    return torch.from_numpy(out)
 
 def csr_to_torch(X: sp.csr_matrix) -> torch.Tensor:
-    "torch sparse CSR tensor (float32 values, int64 indices) sharing nothing with `X`."
-    return torch.sparse_csr_tensor(torch.from_numpy(np.asarray(X.indptr, np.int64)),
-                                   torch.from_numpy(np.asarray(X.indices, np.int64)),
-                                   torch.from_numpy(np.asarray(X.data, np.float32)), size=X.shape,
-                                   check_invariants=False)
+    "torch sparse CSR tensor of `X` (float32 values; int32 or int64 indices as in `X`)."
+    ip, ix = X.indptr, X.indices
+    if ip.dtype != ix.dtype: ip, ix = ip.astype(np.int64), ix.astype(np.int64)
+    return torch.sparse_csr_tensor(torch.from_numpy(ip), torch.from_numpy(ix),
+                                   torch.from_numpy(np.asarray(X.data, np.float32)), size=X.shape, check_invariants=False)
 
-# %% ../nbs/04_loaders.ipynb #eb7803bc
+# %% ../nbs/04_loaders.ipynb #0aba5ca5
 def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
     "Rows `[a, b)` of `X` as a CSR matrix sharing `X`'s data and indices (no copy)."
     ip = X.indptr[a:b + 1]
     lo, hi = int(ip[0]), int(ip[-1])
-    out = sp.csr_matrix((X.data[lo:hi], X.indices[lo:hi], ip - lo), shape=(b - a, X.shape[1]), copy=False)
-    return out
+    m = sp.csr_matrix((b - a, X.shape[1]), dtype=X.dtype)
+    m.data, m.indices, m.indptr = X.data[lo:hi], X.indices[lo:hi], ip - ip.dtype.type(lo)
+    return m
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #22d18b84
+# %% ../nbs/04_loaders.ipynb #ce0f2783
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -120,7 +131,7 @@ class AnnDataset(IterableDataset):
             raise ValueError(f"give both rank and world_size or neither (got rank={rank}, world_size={world_size})")
         if rank is not None: DistInfo(int(rank), int(world_size))   # validates 0 <= rank < world_size
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.epoch, self._dense_pool = 0, BufferPool(3)
         self.strategy.num_batches(len(self.indices), self.batch_size, self.world_size or 1, self.drop_last, self.pad)
 
     # --- small API
@@ -161,21 +172,16 @@ class AnnDataset(IterableDataset):
         return self.strategy.plan(self.indices, self.batch_size, self.seed, self.epoch if epoch is None else epoch,
                                   DistInfo(r, w, worker, num_workers), self.drop_last, self.pad)
 
-# %% ../nbs/04_loaders.ipynb #952918ba
+# %% ../nbs/04_loaders.ipynb #48a287a5
 def _load_fetch(self: AnnDataset, rows: np.ndarray) -> list[dict]:
     "Read one fetch and cut it into raw mini-batches (numpy/scipy, `before_dense` applied)."
-    uniq, inv = np.unique(rows, return_inverse=True)
-    blk = self.reader.read(uniq)
-    ident = len(uniq) == len(rows) and (np.diff(rows) > 0).all()
-    X = blk.X if ident else blk.X[inv]
-    obs = {k: (v if ident else v[inv]) for k, v in blk.obs.items()}
-    obsm = {k: (v if ident else v[inv]) for k, v in blk.obsm.items()}
+    blk = self.reader.read(rows)
     out, b = [], self.batch_size
     for a in range(0, len(rows), b):
         e = min(a + b, len(rows))
-        batch = {'X': _csr_rows(X, a, e), 'index': rows[a:e].astype(np.int64)}
-        for k, v in obs.items(): batch[k] = v[a:e]
-        for k, v in obsm.items(): batch[k] = v[a:e]
+        batch = {'X': _csr_rows(blk.X, a, e), 'index': np.array(blk.index[a:e], np.int64)}
+        for k, v in blk.obs.items(): batch[k] = v[a:e]
+        for k, v in blk.obsm.items(): batch[k] = v[a:e]
         if self.before_dense is not None:
             batch = self.before_dense(batch)
             if not isinstance(batch, dict): raise TypeError(f"before_dense must return a dict batch, got {type(batch).__name__}")
@@ -190,7 +196,7 @@ def _finish(self: AnnDataset, batch: dict) -> dict:
     "Raw mini-batch → tensors: densify (or convert) 'X' per `output`, numpy arrays to tensors, then `after_dense`."
     X = batch.get('X')
     if X is not None and sp.issparse(X):
-        if self.output == 'dense': batch['X'] = csr_to_dense(X)
+        if self.output == 'dense': batch['X'] = csr_to_dense(X, self._dense_pool)
         elif self.output == 'sparse': batch['X'] = csr_to_torch(X)
     for k, v in batch.items():
         if k != 'X' or self.output != 'scipy': batch[k] = _to_tensor(v)
@@ -201,21 +207,31 @@ def _finish(self: AnnDataset, batch: dict) -> dict:
 
 AnnDataset._load_fetch, AnnDataset._finish = _load_fetch, _finish
 
-# %% ../nbs/04_loaders.ipynb #da9ce403
+# %% ../nbs/04_loaders.ipynb #bf4f6025
+class _Ahead(threading.Thread):
+    "Run `fn(arg)` in a daemon thread; `get()` returns its result or re-raises its error."
+    def __init__(self, fn, arg):
+        super().__init__(daemon=True, name='spatial_dl-prefetch'); self.fn, self.arg, self.err = fn, arg, None
+        self.start()
+    def run(self):
+        try: self.res = self.fn(self.arg)
+        except BaseException as e: self.err = e
+    def get(self):
+        self.join()
+        if self.err is not None: raise self.err
+        return self.res
+
 def _iter_fetches(self: AnnDataset, fetches) -> 'Iterator[list[dict]]':
     "Raw mini-batches of each fetch, the next fetch read by a background thread while this one is consumed."
     if not self.prefetch or len(fetches) < 2:
         for f in fetches: yield self._load_fetch(f)
         return
-    pool = ThreadPoolExecutor(1, thread_name_prefix='spatial_dl-prefetch')
-    try:
-        fut = pool.submit(self._load_fetch, fetches[0])
-        for i in range(len(fetches)):
-            cur = fut.result()
-            if i + 1 < len(fetches): fut = pool.submit(self._load_fetch, fetches[i + 1])
-            yield cur
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    nxt = _Ahead(self._load_fetch, fetches[0])
+    for i in range(len(fetches)):
+        cur = nxt.get()
+        nxt = _Ahead(self._load_fetch, fetches[i + 1]) if i + 1 < len(fetches) else None
+        yield cur
+        del cur
 
 def _worker_fetches(self: AnnDataset, epoch: int|None=None) -> list:
     "This rank+worker's fetches for the current epoch (worker from torch's worker info)."
@@ -223,8 +239,13 @@ def _worker_fetches(self: AnnDataset, epoch: int|None=None) -> list:
     return list(self.plan(epoch, d.worker, d.num_workers).fetches)
 
 def _iter(self: AnnDataset):
-    for item in self._iter_fetches(self._worker_fetches()):
-        for b in item: yield self._finish(b)
+    fetches = self._iter_fetches(self._worker_fetches())
+    while True:
+        item = next(fetches, None)
+        if item is None: return
+        item.reverse()
+        while item: yield self._finish(item.pop())   # drop each raw batch (and at the end the fetch) once used
+        del item
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._iter = _iter_fetches, _worker_fetches, _iter
 
@@ -244,7 +265,7 @@ class _FetchStream(IterableDataset):
         if self.rank_world is not None: ds.rank, ds.world_size = self.rank_world
         return ds._iter_fetches(ds._worker_fetches())
 
-# %% ../nbs/04_loaders.ipynb #140396a4
+# %% ../nbs/04_loaders.ipynb #1fe50481
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -277,7 +298,8 @@ class AnnDataLoader(DataLoader):
         stream.rank_world = ds._rank_world()
         if stream.shared_epoch is not None: stream.shared_epoch.value = ds.epoch
         for item in super().__iter__():
-            for b in item: yield ds._finish(b)
+            item.reverse()
+            while item: yield ds._finish(item.pop())
 
     def __len__(self) -> int: return len(self.ann_dataset)
     def set_epoch(self, epoch: int): self.ann_dataset.set_epoch(epoch)
