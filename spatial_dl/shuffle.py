@@ -182,8 +182,16 @@ def _rank_batches(n: int, b: int, w: int, drop_last: bool, pad: bool) -> int:
                          f"use pad=True or drop_last=True")
     return k
 
-# %% ../nbs/02_shuffle.ipynb #cbbe35ae
+# %% ../nbs/02_shuffle.ipynb #cd3650d2
 _ORDER, _MIX = 0x0D, 0x31  # stream keys for make_rng: the global order, the in-fetch shuffles
+
+def _cyclic(n: int, lo: int, hi: int, piece) -> np.ndarray:
+    "Concatenate `piece(a, b)` over the pieces of the cyclic slot range `lo..hi-1` folded into `0..n-1`."
+    parts, j = [], lo
+    while j < hi:
+        a = j % n; b = min(n, a + hi - j)
+        parts.append(piece(a, b)); j += b - a
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 class ShuffleStrategy(ABC):
     "How rows are split, ordered, partitioned over ranks/workers and grouped into fetches (protoplast vocabulary)."
@@ -197,6 +205,10 @@ class ShuffleStrategy(ABC):
     @abstractmethod
     def order(self, n: int, rng: np.random.Generator) -> np.ndarray:
         "Positions `0..n-1` in this epoch's global delivery order."
+
+    def order_range(self, n: int, rng: np.random.Generator, lo: int, hi: int) -> np.ndarray:
+        "Slots `lo..hi-1` of `order(n, rng)` read cyclically (slot `j` is `order[j % n]`); overridden to save memory."
+        return _cyclic(n, lo, hi, lambda a, b: self.order(n, rng)[a:b])
 
     @property
     def mixer(self) -> Callable|None:
@@ -240,27 +252,28 @@ class ShuffleStrategy(ABC):
              pad: bool=False, # pad by repeating rows so every batch is full
             ) -> FetchPlan:
         "The `FetchPlan` of one rank+worker for one epoch."
-        idx = as_indices(indices)
+        if isinstance(indices, (int, np.integer)) and not isinstance(indices, bool):
+            n, idx = int(indices), None                      # rows 0..n-1: positions are row ids, no array needed
+            if n < 1: as_indices(n)                             # raises the usual error
+        else:
+            idx = as_indices(indices); n = len(idx)
         dist = dist_info() if dist is None else dist
         if not isinstance(dist, DistInfo): raise ValueError(f"dist must be a core.DistInfo, got {type(dist).__name__}")
         b, w = _check_modes(batch_size, dist.world_size, drop_last, pad)
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        n = len(idx)
         k = _rank_batches(n, b, w, drop_last, pad)
-        pos = self.order(n, make_rng(seed, epoch, _ORDER))
-        if drop_last or pad:
-            pos = np.resize(pos, k * w * b)                       # drop the tail, or repeat the head cyclically
-            lo = dist.rank * k * b
-            mine, sizes = pos[lo:lo + k * b], None
-        else:
+        if drop_last or pad:                                      # every rank k·b slots of the (cut or cyclic) order
+            lo, hi, sizes = dist.rank * k * b, (dist.rank + 1) * k * b, None
+        else:                                                     # n // w or n // w + 1 slots per rank
             per, extra = divmod(n, w)
             lo = dist.rank * per + min(dist.rank, extra)
-            mine = pos[lo:lo + per + (dist.rank < extra)]
-            sizes = _ragged_sizes(len(mine), b, k)
+            hi = lo + per + (dist.rank < extra)
+            sizes = _ragged_sizes(hi - lo, b, k)
+        mine = self.order_range(n, make_rng(seed, epoch, _ORDER), lo, hi)   # pad: slots past n wrap to the start
         cuts = _fetch_cuts(len(mine), b, k, self.fetch_factor, sizes)
         if self.shuffle_in_fetch: mine = _shuffle_segments(mine, cuts, make_rng(seed, epoch, _MIX, dist.rank))
-        rows = idx[mine]
+        rows = mine if idx is None else idx[mine]
         rows.flags.writeable = False
         fetches = tuple(np.split(rows, cuts[1:-1]))[dist.worker::dist.num_workers]
         return FetchPlan(self.name, fetches, b, int(seed), int(epoch), dist, n, k)
@@ -309,18 +322,37 @@ def _shuffle_segments(a: np.ndarray, cuts: np.ndarray, rng: np.random.Generator)
     for lo, hi in zip(cuts[same:-1], cuts[same + 1:]): out[lo:hi] = rng.permutation(out[lo:hi])
     return out
 
-# %% ../nbs/02_shuffle.ipynb #a02d2e87
+# %% ../nbs/02_shuffle.ipynb #385bb168
 class SequentialShuffleStrategy(ShuffleStrategy):
     "Rows in the given order, cut into fetches of `fetch_factor × batch_size` rows; no shuffling."
     name = 'sequential'
     def order(self, n, rng): return np.arange(n, dtype=np.int64)
+    def order_range(self, n, rng, lo, hi): return np.arange(lo, hi, dtype=np.int64) % n
 
-# %% ../nbs/02_shuffle.ipynb #27b4a9f6
+# %% ../nbs/02_shuffle.ipynb #b9ee7b05
 def _block_order(n: int, bs: int, rng: np.random.Generator) -> np.ndarray:
     "Positions `0..n-1` as randomly ordered contiguous blocks of `bs` (the last block may be short)."
     nb = -(-n // bs)
     out = (rng.permutation(nb).astype(np.int64)[:, None] * bs + np.arange(bs, dtype=np.int64)).ravel()
     return out if nb * bs == n else out[out < n]            # only the short last block overflows: drop its tail
+
+def _block_range(n: int, bs: int, perm: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    "Slots `lo..hi-1` (0 <= lo < hi <= n) of the block order given by the block permutation `perm`."
+    nb = len(perm)
+    short = n - (nb - 1) * bs                               # length of the last block (== bs when n % bs == 0)
+    ps = int(np.flatnonzero(perm == nb - 1)[0])             # where the short block sits in the permuted order
+    start = lambda t: t * bs - (bs - short) * (t > ps)      # first slot of the t-th permuted block
+    block_of = lambda j: j // bs if j < ps * bs + short else (j + bs - short) // bs
+    t0, t1 = block_of(lo), block_of(hi - 1)
+    out = (perm[t0:t1 + 1, None] * bs + np.arange(bs, dtype=np.int64)).ravel()
+    if t0 <= ps <= t1 and short < bs: out = out[out < n]    # the short block's tail does not exist
+    a = lo - start(t0)
+    return out[a:a + hi - lo]
+
+def _block_order_range(n: int, bs: int, rng: np.random.Generator, lo: int, hi: int) -> np.ndarray:
+    "Cyclic slots `lo..hi-1` of `_block_order(n, bs, rng)` from the block permutation alone (memory ∝ n/bs + hi-lo)."
+    perm = rng.permutation(-(-n // bs)).astype(np.int64)
+    return _cyclic(n, lo, hi, lambda a, b: _block_range(n, bs, perm, a, b))
 
 class BlockShuffleStrategy(ShuffleStrategy):
     "Random contiguous blocks of `block_size` rows, grouped into fetches of `fetch_factor × batch_size` rows shuffled in memory."
@@ -332,12 +364,19 @@ class BlockShuffleStrategy(ShuffleStrategy):
         self.block_size = check_positive_int(block_size, 'block_size')
         super().__init__(fetch_factor)
     def order(self, n, rng): return _block_order(n, self.block_size, rng)
+    def order_range(self, n, rng, lo, hi): return _block_order_range(n, self.block_size, rng, lo, hi)
 
-# %% ../nbs/02_shuffle.ipynb #2fcb2a11
+# %% ../nbs/02_shuffle.ipynb #62a65891
 class RandomShuffleStrategy(ShuffleStrategy):
     "A full random permutation of the rows each epoch, cut into fetches of `fetch_factor × batch_size` rows."
     name = 'random'
-    def order(self, n, rng): return rng.permutation(n).astype(np.int64)
+    def order(self, n, rng):
+        a = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)   # int32 halves the memory of the permutation
+        rng.shuffle(a)
+        return a
+    def order_range(self, n, rng, lo, hi):
+        full = self.order(n, rng)
+        return _cyclic(n, lo, hi, lambda a, b: full[a:b].astype(np.int64))
 
 # %% ../nbs/02_shuffle.ipynb #78c6fad0
 def plan_world(strategy: ShuffleStrategy, # the strategy to plan with

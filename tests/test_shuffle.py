@@ -98,12 +98,27 @@ def test_sequential_is_identity_and_epoch_free():
 @given(bs=st.integers(1, 64), ff=st.integers(1, 8), b=st.integers(1, 64), n=st.integers(1, 5000),
        seed=st.integers(0, 100))
 def test_block_fetches_keep_blocks_contiguous(bs, ff, b, n, seed):
-    "A fetch covers whole blocks (plus at most two partial ones at its cuts), so a sorted read needs few runs."
+    "A fetch covers whole blocks, partial ones at its two cuts and maybe the file's short last block: few runs."
     if n < b: return
     p = BlockShuffleStrategy(bs, ff).plan(n, b, seed, 0, DistInfo())
     for f in p.fetches:
         runs = 1 + np.count_nonzero(np.diff(np.sort(f)) != 1)
-        assert runs <= -(-len(f) // bs) + 1
+        assert runs <= -(-len(f) // bs) + 2
+
+
+@settings(**SETTINGS)
+@given(n=st.integers(1, 3000), bs=st.integers(1, 70), seed=st.integers(0, 10**6), data=st.data())
+def test_order_range_equals_full_order(n, bs, seed, data):
+    "The memory-light range lookup used by plans gives exactly the full order, also cyclically (padding)."
+    from spatial_dl.shuffle import _block_order, _block_order_range
+    full = _block_order(n, bs, np.random.default_rng(seed))
+    assert np.array_equal(np.sort(full), np.arange(n))
+    lo = data.draw(st.integers(0, n - 1)); hi = data.draw(st.integers(lo + 1, lo + 3 * n))
+    slots = np.arange(lo, hi) % n
+    np.testing.assert_array_equal(_block_order_range(n, bs, np.random.default_rng(seed), lo, hi), full[slots])
+    for s in (SequentialShuffleStrategy(), RandomShuffleStrategy(), BlockShuffleStrategy(bs)):
+        np.testing.assert_array_equal(s.order_range(n, np.random.default_rng(seed), lo, hi),
+                                      s.order(n, np.random.default_rng(seed))[slots])
 
 
 def test_block_size_one_is_a_permutation_with_no_block_structure():
