@@ -9,8 +9,8 @@ __all__ = ['BASES', 'ALPHABET', 'IUPAC_AMBIGUOUS', 'SOURCE_GNOMAD_COMMON', 'SOUR
            'apply_edits', 'EditSourceCount', 'parse_mix', 'synthetic_snv_provider', 'synthetic_indel_provider',
            'VariantProvider', 'variant_provider', 'HoldoutInterval', 'HoldoutPolicy', 'TrainingTuple', 'check_mix',
            'build_training_tuples', 'format_tuple', 'plot_tuples', 'read_fasta', 'tile_starts', 'fasta_windows',
-           'read_vcf', 'TrainingDatasetItem', 'GenomeTupleDataset', 'encode_sequence', 'encode_item', 'source_mix',
-           'genome_main']
+           'read_vcf', 'read_bed', 'TrainingDatasetItem', 'GenomeTupleDataset', 'encode_sequence', 'encode_item',
+           'source_mix', 'genome_main']
 
 # %% ../nbs/13_genome.ipynb #5a57a461
 import bisect, functools, gzip, io, json, argparse, sys
@@ -663,7 +663,23 @@ def _check_overlaps(variants: Sequence[Variant], path) -> None:
                                      f"(0-based spans ending at {end} and starting at {s}); pass allow_overlaps=True to accept")
         if e > end: last[chrom] = (e, line)
 
-# %% ../nbs/13_genome.ipynb #ed53c587
+# %% ../nbs/13_genome.ipynb #30b8034f
+def read_bed(path: str|Path, # BED file, plain or gzip
+            ) -> tuple[HoldoutInterval, ...]:
+    "The regions of a BED file as `HoldoutInterval`s."
+    path, out = Path(path), []
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip() or line.startswith(('#', 'track', 'browser')): continue
+            cols = line.rstrip('\r\n').split('\t')
+            if len(cols) < 3: raise ValueError(f"{path}:{lineno}: expected at least 3 tab-separated columns (chrom, start, end), found {len(cols)}")
+            try: start, end = int(cols[1]), int(cols[2])
+            except ValueError: raise ValueError(f"{path}:{lineno}: start/end {cols[1]!r}/{cols[2]!r} are not integers") from None
+            try: out.append(HoldoutInterval(cols[0], start, end))
+            except ValueError as ex: raise ValueError(f"{path}:{lineno}: {ex}") from None
+    return tuple(out)
+
+# %% ../nbs/13_genome.ipynb #eeec79b4
 @dataclass(frozen=True)
 class TrainingDatasetItem:
     "One item of the stream: its global `index`, the window's position `window_index`, the window `sequence` and the `TrainingTuple`."
@@ -672,7 +688,7 @@ class TrainingDatasetItem:
     sequence: str # the unedited window sequence (model input)
     training_tuple: TrainingTuple # edits and target
 
-# %% ../nbs/13_genome.ipynb #072c92fb
+# %% ../nbs/13_genome.ipynb #5d075716
 class GenomeTupleDataset(_IterableBase):
     "A reproducible stream of `TrainingDatasetItem`s over a window source, split across DDP ranks and DataLoader workers."
     def __init__(self,
@@ -736,7 +752,7 @@ class GenomeTupleDataset(_IterableBase):
         for _, item in self.iter_with_source_windows():
             yield item if self.transform is None else self.transform(item)
 
-# %% ../nbs/13_genome.ipynb #737a27fa
+# %% ../nbs/13_genome.ipynb #616496bd
 BASE_TOKENS = {b: i for i, b in enumerate(ALPHABET)}
 PAD_TOKEN = len(ALPHABET)
 _TOKEN_LUT = np.full(256, 255, dtype=np.uint8)
@@ -786,14 +802,14 @@ def encode_item(item: TrainingDatasetItem, # an item of GenomeTupleDataset
         out = {k: torch.as_tensor(v) for k, v in out.items()}
     return out
 
-# %% ../nbs/13_genome.ipynb #badf7490
+# %% ../nbs/13_genome.ipynb #f785341e
 def source_mix(tuples: Iterable[TrainingTuple]) -> Counter:
     "Edits per actual source over `tuples` (a Counter)."
     c = Counter()
     for t in tuples: c[t.edit_source] += len(t.rel_edits)
     return c
 
-# %% ../nbs/13_genome.ipynb #22cdc323
+# %% ../nbs/13_genome.ipynb #046fc45c
 def genome_main(argv: list[str]|None=None) -> int:
     "`spatial-dl genome-tuples`: FASTA (+ optional VCFs) -> JSONL of training tuples; returns an exit code."
     ap = argparse.ArgumentParser(prog='spatial-dl genome-tuples', description='Build (window, edits, target) tuples from a FASTA file.')
@@ -806,6 +822,8 @@ def genome_main(argv: list[str]|None=None) -> int:
     ap.add_argument('--mix', default=','.join(f"{m.source}={m.n}" for m in DEFAULT_EDIT_SOURCE_COUNTS), help="'source=n,...'")
     ap.add_argument('--no-fallbacks', action='store_true', help='disable the default fallbacks to synthetic SNVs')
     ap.add_argument('--holdout-chrom', action='append', default=[], help='chromosome to hold out (repeatable)')
+    ap.add_argument('--holdout-bed', help='BED file of regions to hold out (windows touching them are skipped)')
+    ap.add_argument('--holdout-vcf', help='VCF of variants never to use as edits (e.g. an evaluation set)')
     ap.add_argument('--no-preserve-length', action='store_true', help='let targets change length')
     ap.add_argument('--allow-overlaps', action='store_true', help='accept overlapping VCF records')
     ap.add_argument('--max-windows', type=int, default=None, help='stop after this many windows')
@@ -820,8 +838,12 @@ def genome_main(argv: list[str]|None=None) -> int:
         if missing: raise ValueError(f"--mix names {missing} but no variant file was given for them "
                                      f"(use --gnomad/--clinvar, or drop them from --mix)")
         windows = functools.partial(fasta_windows, a.fasta, a.window, a.stride, flank_bp=a.window)
+        holdouts = None
+        if a.holdout_chrom or a.holdout_bed or a.holdout_vcf:
+            holdouts = HoldoutPolicy(a.holdout_chrom, read_bed(a.holdout_bed) if a.holdout_bed else (),
+                                     [v.key for v in read_vcf(a.holdout_vcf, allow_overlaps=True)] if a.holdout_vcf else ())
         ds = GenomeTupleDataset(windows, providers, seed=a.seed, mix=mix, rank=0, world_size=1,
-                                holdouts=HoldoutPolicy(holdout_chroms=a.holdout_chrom) if a.holdout_chrom else None,
+                                holdouts=holdouts,
                                 fallback_sources=None if a.no_fallbacks else DEFAULT_SOURCE_FALLBACKS,
                                 preserve_length=not a.no_preserve_length)
         counts, n = Counter(), 0

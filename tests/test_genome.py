@@ -14,7 +14,7 @@ from spatial_dl.genome import (
     SOURCE_SYNTHETIC_INDEL, SOURCE_SYNTHETIC_SNV, EditSourceCount, GenomeTupleDataset, HoldoutInterval, HoldoutPolicy,
     RelEdit, TrainingDatasetItem, TrainingTuple, Variant, WindowContext, apply_edits, build_training_tuples,
     check_edits, edit_key, encode_item, encode_sequence, fasta_windows, genome_main, normalize_sequence, parse_mix,
-    read_fasta, read_vcf, source_mix, synthetic_indel_provider, synthetic_snv_provider, tile_starts, variant_provider)
+    read_bed, read_fasta, read_vcf, source_mix, synthetic_indel_provider, synthetic_snv_provider, tile_starts, variant_provider)
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SYN = {SOURCE_SYNTHETIC_SNV: synthetic_snv_provider, SOURCE_SYNTHETIC_INDEL: synthetic_indel_provider}
@@ -788,3 +788,31 @@ def test_refilled_deletions_never_reveal_held_out_bases():
     assert held == ref[:3] + ref[8:20] + ref[20:23] + 'NN'
     far = HoldoutPolicy(intervals=[HoldoutInterval('chr1', 30, 40), HoldoutInterval('chr2', 0, 99)])
     assert far.usable_flank(w) == w.flank
+
+
+def test_read_bed(tmp_path):
+    p = tmp_path / 'h.bed.gz'
+    with gzip.open(p, 'wt') as f: f.write('# comment\nbrowser position chr1\nchr1\t0\t10\tx\t0\t+\n\nchr3\t5\t6\n')
+    assert read_bed(p) == (HoldoutInterval('chr1', 0, 10), HoldoutInterval('chr3', 5, 6))
+    bad = tmp_path / 'b.bed'
+    bad.write_text('chr1 0 10\n')
+    with pytest.raises(ValueError, match=r'b.bed:1: expected at least 3 tab-separated columns'): read_bed(bad)
+    bad.write_text('chr1\t0\t1e3\n')
+    with pytest.raises(ValueError, match=r"b.bed:1: start/end '0'/'1e3' are not integers"): read_bed(bad)
+
+
+def test_genome_main_holdouts_from_files(tmp_path):
+    ref = rand_seq(400, 16)
+    fa = write_fasta(tmp_path / 'g.fa', [('chr1', ref)])
+    gn_rows = [(p, ref[p], 'A' if ref[p] != 'A' else 'G') for p in range(0, 400, 7)]
+    gn = write_vcf(tmp_path / 'gn.vcf', ''.join(f"chr1\t{p + 1}\t.\t{r}\t{a}\t.\tPASS\t.\n" for p, r, a in gn_rows))
+    held = write_vcf(tmp_path / 'held.vcf', ''.join(f"chr1\t{p + 1}\t.\t{r}\t{a}\t.\tPASS\t.\n" for p, r, a in gn_rows[::2]))
+    bed = tmp_path / 'h.bed'; bed.write_text('chr1\t150\t160\n')
+    out = tmp_path / 'o.jsonl'
+    assert genome_main([str(fa), '--out', str(out), '--gnomad', str(gn), '--window', '50', '--mix', 'gnomad_common=3',
+                        '--holdout-bed', str(bed), '--holdout-vcf', str(held), '--no-fallbacks']) == 0
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r['window_start_bp'] for r in rows] == [0, 50, 100, 200, 250, 300, 350]   # 150-200 touches the BED region
+    held_keys = {f"chr1:{p + 1}:{r}:{a}" for p, r, a in gn_rows[::2]}
+    used = {f"chr1:{r['window_start_bp'] + e['pos'] + 1}:{e['ref']}:{e['alt']}" for r in rows for e in r['rel_edits']}
+    assert used and not used & held_keys and all(r['edit_source'] == 'gnomad_common' for r in rows)
