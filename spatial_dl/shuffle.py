@@ -121,7 +121,7 @@ class SplitInfo:
         return (f"SplitInfo(files={len(self.files)}, train={n(self.train_indices)}, val={n(self.val_indices)}, "
                 f"test={n(self.test_indices)}, mini_batch_size={self.mini_batch_size}, metadata={list(self.metadata)})")
 
-# %% ../nbs/02_shuffle.ipynb #b7fe3e37
+# %% ../nbs/02_shuffle.ipynb #e658a4f3
 @dataclass(frozen=True, repr=False)
 class FetchPlan:
     "The fetches one rank+worker delivers in one epoch (each an array of global row ids in delivery order)."
@@ -156,6 +156,13 @@ class FetchPlan:
     def n_runs(self) -> int:
         "Contiguous row ranges needed to read every fetch sorted (fewer = faster I/O)."
         return int(sum(1 + np.count_nonzero(np.diff(np.sort(f)) != 1) for f in self.fetches if len(f)))
+
+    def summary(self) -> dict:
+        "Sizes that matter for I/O and memory: fetches, rows, batches, read runs, rows per run, largest fetch."
+        runs = self.n_runs
+        return dict(strategy=self.strategy, rank=self.dist.rank, worker=self.dist.worker, fetches=len(self.fetches),
+                    rows=self.n_rows, batches=self.n_batches, rank_batches=self.rank_batches, read_runs=runs,
+                    rows_per_run=self.n_rows / max(runs, 1), max_fetch_rows=max((len(f) for f in self.fetches), default=0))
 
     def __repr__(self):
         d = self.dist
@@ -378,7 +385,7 @@ class RandomShuffleStrategy(ShuffleStrategy):
         full = self.order(n, rng)
         return _cyclic(n, lo, hi, lambda a, b: full[a:b].astype(np.int64))
 
-# %% ../nbs/02_shuffle.ipynb #78c6fad0
+# %% ../nbs/02_shuffle.ipynb #28e10cef
 def plan_world(strategy: ShuffleStrategy, # the strategy to plan with
                indices, # an int `n` or global row ids
                batch_size: int, # mini-batch size

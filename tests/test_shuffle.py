@@ -263,3 +263,11 @@ def test_bad_input_names_the_argument(call, message):
 def test_base_class_is_abstract():
     with pytest.raises(TypeError):
         ShuffleStrategy()
+
+
+def test_plan_summary_reports_io_shape():
+    p = BlockShuffleStrategy(16, 4).plan(10_000, 64, seed=0, epoch=0, dist=DistInfo(0, 1, 0, 2))
+    s = p.summary()
+    assert s['fetches'] == len(p.fetches) and s['rows'] == p.n_rows and s['batches'] == p.n_batches
+    assert s['max_fetch_rows'] == 256 and 14 <= s['rows_per_run'] <= 16.5       # ~ one run per block
+    assert s['rank_batches'] == BlockShuffleStrategy().num_batches(10_000, 64)
