@@ -6,12 +6,13 @@
 __all__ = ['as_indices', 'random_split', 'group_split', 'SplitInfo', 'FetchPlan', 'ShuffleStrategy', 'SequentialShuffleStrategy',
            'BlockShuffleStrategy', 'RandomShuffleStrategy', 'plan_world']
 
-# %% ../nbs/02_shuffle.ipynb #bb12c881
+# %% ../nbs/02_shuffle.ipynb #c8e0a5e7
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 import numpy as np
+import pandas as pd
 from .core import DistInfo, dist_info, make_rng, check_positive_int, check_choice
 
 # %% ../nbs/02_shuffle.ipynb #6c186ae7
@@ -67,7 +68,7 @@ def random_split(n_or_indices, # an int `n` (rows `0..n-1`) or a 1-D array of ro
     perm = rng.permutation(len(idx))
     return tuple(np.sort(idx[p]) for p in np.split(perm, np.cumsum(sizes)[:-1]))
 
-# %% ../nbs/02_shuffle.ipynb #0ee73f2b
+# %% ../nbs/02_shuffle.ipynb #68fa875f
 def group_split(groups, # one group label per row (e.g. `adata.obs['sample']`), any hashable dtype
                 *fracs: float, # target fractions of rows per split, non-negative, summing to 1
                 seed: int=0, # seed; the same seed gives the same split
@@ -76,6 +77,9 @@ def group_split(groups, # one group label per row (e.g. `adata.obs['sample']`), 
     "Split rows into disjoint, covering, sorted arrays of row ids such that no group is in two splits."
     g = np.asarray(groups)
     if g.ndim != 1 or g.size == 0: raise ValueError(f"groups must be a non-empty 1-D array of labels, got shape {g.shape}")
+    missing = pd.isna(g)
+    if missing.any(): raise ValueError(f"groups has {int(missing.sum())} missing labels (first at row {int(np.argmax(missing))}); "
+                                       f"give every row a group")
     idx = np.arange(len(g), dtype=np.int64) if indices is None else as_indices(indices)
     if len(idx) != len(g): raise ValueError(f"indices must have one entry per group label: {len(idx)} vs {len(g)}")
     f = _check_fracs(fracs)
@@ -189,7 +193,7 @@ def _rank_batches(n: int, b: int, w: int, drop_last: bool, pad: bool) -> int:
                          f"use pad=True or drop_last=True")
     return k
 
-# %% ../nbs/02_shuffle.ipynb #cd3650d2
+# %% ../nbs/02_shuffle.ipynb #8998309c
 _ORDER, _MIX = 0x0D, 0x31  # stream keys for make_rng: the global order, the in-fetch shuffles
 
 def _cyclic(n: int, lo: int, hi: int, piece) -> np.ndarray:
@@ -233,7 +237,11 @@ class ShuffleStrategy(ABC):
               mini_batch_size: int|None=None, # the batch size the model sees
              ) -> SplitInfo:
         "Train/val/test row ids as a `SplitInfo` (random rows, or whole groups when `groups` is given)."
-        fr = (1 - val_size - test_size, val_size, test_size)
+        for name, v in (('val_size', val_size), ('test_size', test_size)):
+            if not 0 <= v <= 1: raise ValueError(f"{name} must be a fraction in [0, 1], got {v!r}")
+        if val_size + test_size > 1:
+            raise ValueError(f"val_size + test_size must be at most 1, got {val_size} + {test_size} = {val_size + test_size}")
+        fr = (max(0.0, 1 - val_size - test_size), val_size, test_size)
         if groups is None: tr, va, te = random_split(n_or_indices, *fr, seed=seed, method=method)
         else: tr, va, te = group_split(groups, *fr, seed=seed,
                                        indices=None if isinstance(n_or_indices, (int, np.integer)) else n_or_indices)
@@ -267,8 +275,9 @@ class ShuffleStrategy(ABC):
         dist = dist_info() if dist is None else dist
         if not isinstance(dist, DistInfo): raise ValueError(f"dist must be a core.DistInfo, got {type(dist).__name__}")
         b, w = _check_modes(batch_size, dist.world_size, drop_last, pad)
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        for name, v in (('seed', seed), ('epoch', epoch)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
         k = _rank_batches(n, b, w, drop_last, pad)
         if drop_last or pad:                                      # every rank k·b slots of the (cut or cyclic) order
             lo, hi, sizes = dist.rank * k * b, (dist.rank + 1) * k * b, None
