@@ -335,6 +335,17 @@ def target(value: float|None, # the measured value (None: not measured)
     return {'value': value, 'target': f"{op} {threshold}", 'pass': ok, 'note': note}
 
 
+def _json_safe(o):
+    "NaN/inf become None (strict JSON), numpy scalars become Python numbers, tuples become lists."
+    if isinstance(o, dict): return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_json_safe(v) for v in o]
+    if hasattr(o, 'item') and not isinstance(o, (str, bytes)):
+        try: o = o.item()
+        except (ValueError, TypeError): return str(o)
+    if isinstance(o, float) and not math.isfinite(o): return None
+    return o
+
+
 def write_json(path: str|Path|None, # destination; nothing is written when None
                rows: list[dict], # every raw run
                ratios: dict, # name -> `target(...)` entries (or plain numbers)
@@ -343,14 +354,14 @@ def write_json(path: str|Path|None, # destination; nothing is written when None
               ) -> dict:
     "Write {machine, versions, rows, ratios, **extra} to `path` atomically (temporary file, then rename); return the dict."
     mi = machine_info(packages)
-    doc = {'machine': mi, 'versions': mi['packages'], 'ratios': ratios, 'rows': rows, **(extra or {})}
+    doc = _json_safe({'machine': mi, 'versions': mi['packages'], 'ratios': ratios, 'rows': rows, **(extra or {})})
     if path is None: return doc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'w') as f:
-            json.dump(doc, f, indent=1, default=lambda o: o.item() if hasattr(o, 'item') else str(o))
+            json.dump(doc, f, indent=1, allow_nan=False, default=str)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.unlink(tmp)

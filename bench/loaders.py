@@ -397,6 +397,10 @@ def main(argv=None) -> int:
     # and spans whole fetches, so loaders that read 16 batches at once are not flattered by a partial window
     warmup, max_seconds = (15, 4.0) if a.quick else (15, 20.0)
     repeats = a.repeats or (1 if a.quick else 3)
+    per_epoch = n_obs // 256
+    if 1 + warmup + n_batches > per_epoch:   # a small file: shrink the window so a steady state is still measured
+        warmup = max(1, min(warmup, per_epoch // 4))
+        n_batches = max(1, min(n_batches, per_epoch - 1 - warmup))
     path, gen = ensure_data(a.data_dir, n_obs, n_vars)
     labels = read_labels(path)
     tv_ideal = ideal_tv(labels)

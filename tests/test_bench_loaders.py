@@ -109,3 +109,61 @@ def test_time_batches():
     assert r['n_batches'] == 1 + 2 + 5 and r['n_items'] == 80
     assert 400 < r['items_per_s'] < 1100 and r['first_batch_s'] >= 0.009
     assert C.base_argparser('x').parse_args(['--quick', '--json', 'a.json']).json == 'a.json'
+
+
+# ------------------------------------------------------------------------------------------ bench/loaders.py smoke run
+def _available(mod):
+    import importlib.util
+    try: return importlib.util.find_spec(mod) is not None
+    except Exception: return False
+
+
+@pytest.mark.slow
+def test_loaders_quick_smoke(tmp_path):
+    "The whole benchmark on a tiny file: every candidate that imports runs, gives sane numbers and correct values."
+    out = tmp_path / 'loaders.json'
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, str(REPO / 'bench' / 'loaders.py'), '--quick', '--n-obs', '1500', '--n-vars', '600',
+                        '--n-batches', '3', '--data-dir', str(tmp_path / 'data'), '--json', str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    # machine info and versions
+    for k in ('cpu_model', 'cpu_count', 'ram_gb', 'python', 'git', 'env', 'packages'): assert k in doc['machine'], k
+    assert doc['versions']['numpy'] and doc['versions']['anndata'] and doc['params']['quick'] is True
+    assert doc['data']['generator'] and doc['data']['ideal_tv'] > 0
+    # a row for every candidate that imports; the others are listed as not available
+    med = {m['name']: m for m in doc['medians']}
+    expected = ['AnnLoader (backed)', 'naive sorted-batch reads', 'in-memory CSR reference']
+    if _available('scdataset'): expected.append('scDataset b16/f16')
+    if _available('spatial_dl.loaders'):
+        expected += ['spatial_dl block', 'spatial_dl random', 'spatial_dl sequential',
+                     'spatial_dl block, 1 worker', 'spatial_dl block, 2 workers']
+    for name in expected:
+        assert name in med, (name, sorted(med))
+        m = med[name]
+        assert m['n_ok'] == 1, (name, m.get('error'), [r.get('traceback') for r in doc['rows'] if r['name'] == name])
+        assert m['cells_per_s'] > 0 and m['first_batch_s'] > 0 and m['peak_rss_mb'] > 10, (name, m)
+        assert m['values_ok'] is True, name                  # first batch equals the file's rows
+        assert 0 <= m['tv'] <= 1 and m['n_cells'] >= 256, (name, m)
+    assert sorted(r['name'] for r in doc['rows']) == sorted(med)   # one round: one raw row per candidate
+    na = {r['name'] for r in doc['not_available']}
+    assert ('annbatch' in med) != ('annbatch' in na)
+    if _available('spatial_dl.loaders'):   # a sorted file read sequentially mixes far worse than a shuffle
+        assert med['spatial_dl sequential']['tv'] > 2 * med['spatial_dl random']['tv']
+    # the ratios the issue asks for, each with value/target/pass
+    for k in ('block_cells_per_s', 'block_over_scdataset', 'block_tv', 'random_over_naive', 'first_batch_s',
+              'peak_rss_mb', 'workers_over_single'):
+        r = doc['ratios'][k]
+        assert set(r) >= {'value', 'target', 'pass'}, k
+        if r['value'] is not None: assert r['pass'] in (True, False), k
+    assert 'cells/s' in p.stdout and 'block_over_scdataset' in p.stdout   # the printed tables
+    print(f'smoke run took {time.perf_counter() - t0:.0f} s')
+
+
+def test_write_json_is_strict_json(tmp_path):
+    import numpy as np
+    out = tmp_path / 'r.json'
+    C.write_json(out, [{'name': 'a', 'v': float('nan'), 'n': np.int64(3), 't': (1, 2)}], {'r': C.target(float('nan'), '<', 1)})
+    doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f'non-standard JSON constant {c}'))
+    assert doc['rows'][0] == {'name': 'a', 'v': None, 'n': 3, 't': [1, 2]} and doc['ratios']['r']['pass'] is None
