@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_medians', 'save_gene_medians', 'load_gene_medians',
-           'TokenDictionary', 'RankValueTokenizer', 'tokenize_block_padded', 'tokenize_block', 'spatial_graph',
-           'tokenize_adata', 'tokenize_h5ad', 'load_example_lengths', 'TokenizeTransform', 'BinnedTokenizer',
-           'tokenize_main']
+           'TokenDictionary', 'value_key', 'RankValueTokenizer', 'tokenize_block_padded', 'tokenize_block',
+           'spatial_graph', 'tokenize_adata', 'tokenize_h5ad', 'load_example_lengths', 'TokenizeTransform',
+           'BinnedTokenizer', 'tokenize_main']
 
 # %% ../nbs/06_tokenizers.ipynb #e89db95a
 import os, json, math, pickle, time, warnings, argparse, tempfile, shutil
@@ -21,7 +21,7 @@ from .readers import H5adCollection
 # %% ../nbs/06_tokenizers.ipynb #83cb584a
 from tqdm.auto import tqdm
 
-# %% ../nbs/06_tokenizers.ipynb #f7bc4a3b
+# %% ../nbs/06_tokenizers.ipynb #098681a2
 class TokenizerError(ValueError):
     "Bad input for a tokenizer: the message names the file, column or argument, what was expected and what was found."
 
@@ -31,20 +31,20 @@ def _check_values(data: np.ndarray, # the stored values of a CSR block
                  ) -> bool:
     "True when `data` holds non-negative integers; raise a `TokenizerError` naming `where` otherwise (non-integers allowed on request)."
     if data.size == 0: return True
-    if not np.isfinite(data).all():
+    if not np.isfinite(data.sum(dtype=np.float64)) and not np.isfinite(data).all():
         raise TokenizerError(f"{where}: X holds {int((~np.isfinite(data)).sum())} NaN/inf values; expected raw counts")
-    if (data < 0).any():
+    if data.min() < 0:
         raise TokenizerError(f"{where}: X holds negative values (min {data.min():.4g}); expected raw counts")
-    frac = np.mod(data, 1)
+    frac = data != np.rint(data)
     if frac.any():
         if allow_normalized: return False
-        bad = data[frac != 0][0]
+        bad = data[frac][0]
         raise TokenizerError(f"{where}: X holds non-integer values (e.g. {bad:.4g}): this looks like normalised or "
                              f"log-transformed data, expected raw counts (use a raw-count layer, or pass "
                              f"allow_normalized=True / --allow-normalized to tokenize the values as they are)")
     return True
 
-# %% ../nbs/06_tokenizers.ipynb #075f51f1
+# %% ../nbs/06_tokenizers.ipynb #0990e638
 def _as_paths(paths) -> list[str]:
     "One path or many, as a list of strings; an error for an empty list."
     if isinstance(paths, (str, os.PathLike)): paths = [paths]
@@ -54,8 +54,11 @@ def _as_paths(paths) -> list[str]:
 
 def _row_sums(X: sp.csr_matrix) -> np.ndarray:
     "Row sums of a CSR block in float64."
-    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-    return np.bincount(rows, weights=X.data, minlength=X.shape[0])
+    lens = np.diff(X.indptr)
+    if len(X.data) == 0: return np.zeros(X.shape[0])
+    s = np.add.reduceat(X.data, np.minimum(X.indptr[:-1], len(X.data) - 1), dtype=np.float64)
+    s[lens == 0] = 0
+    return s
 
 def _totals(coll: H5adCollection, total_key: str|None) -> np.ndarray|None:
     "Per-cell totals from obs column `total_key` of every file in `coll` (None when not asked for)."
@@ -360,54 +363,53 @@ class TokenDictionary:
         try: return cls(d)
         except TokenizerError as e: raise TokenizerError(f"{path}: {e}") from None
 
-# %% ../nbs/06_tokenizers.ipynb #04762dcd
-def _pad_entries(indptr, rows_sel, *arrays, fill):
-    "Padded 2-D views (len(rows_sel) × longest) of per-entry arrays for CSR rows `rows_sel`, and the validity mask."
-    lens = indptr[rows_sel + 1] - indptr[rows_sel]
-    m = int(lens.max()) if len(lens) else 0
-    ar = np.arange(m)
-    valid = ar[None, :] < lens[:, None]
-    src = (indptr[rows_sel][:, None] + ar[None, :])[valid]
-    out = []
-    for a, f in zip(arrays, fill):
-        P = np.full((len(rows_sel), m), f, dtype=a.dtype); P[valid] = a[src]; out.append(P)
-    return out, valid, lens
+# %% ../nbs/06_tokenizers.ipynb #c8ab8381
+_TOK_BITS, _VAL_SHIFT = 21, 21          # key = (descending value, 42 bits) << 21 | token id (21 bits)
+_QMAX = (1 << (63 - _VAL_SHIFT)) - 1
+
+def value_key(vals: np.ndarray) -> np.ndarray:
+    "The value as compared by the tie rule: the top 42 bits of the (positive) float64 — 31 mantissa bits, relative step 2**-31."
+    return np.asarray(vals, np.float64).view(np.int64) >> _VAL_SHIFT
 
 def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
-               vals: np.ndarray, # float64 value of every entry
-               toks: np.ndarray, # token id of every entry
+               vals: np.ndarray, # float64 value (> 0) of every entry
+               toks: np.ndarray, # token id of every entry (>= 0)
                max_len: int, # keep at most this many tokens per row
                pad_id: int=0, # filler for the padded output
-               group_rows: int=512, # rows sorted together when lengths vary a lot
+               group_rows: int=256, # rows padded together when lengths vary a lot
               ) -> tuple[np.ndarray, np.ndarray]:
-    "Tokens of every CSR row ordered by value descending (ties: ascending token id), truncated; padded (n × w) and lengths."
-    n = len(indptr) - 1
-    lens = np.diff(indptr)
+    "Tokens of every CSR row by value descending (ties, at 2**-31 relative precision: ascending token id), truncated; padded and lengths."
+    n, lens = len(indptr) - 1, np.diff(indptr)
     out_len = np.minimum(lens, max_len)
     w = int(out_len.max()) if n else 0
     out = np.full((n, w), pad_id, np.int64)
     if w == 0: return out, out_len
+    toks = np.asarray(toks, np.int64)
+    if toks.max() >= 1 << _TOK_BITS:                      # giant vocabularies: same order by lexsort, slower
+        q = value_key(vals)
+        for i in np.flatnonzero(lens).tolist():
+            a, b = indptr[i], indptr[i + 1]
+            out[i, :out_len[i]] = toks[a:b][np.lexsort((toks[a:b], -q[a:b]))][:max_len]
+        return out, out_len
+    key = ((_QMAX - value_key(vals)) << _TOK_BITS) | toks
+    padkey, mask = (_QMAX << _TOK_BITS) | pad_id, (1 << _TOK_BITS) - 1   # sorts after every real key; low bits = pad_id
     nz = np.flatnonzero(lens)
-    if lens.max() * len(nz) <= 2 * lens.sum() + 64 * len(nz): groups = [nz]
+    if lens.max() * len(nz) <= 1.1 * lens.sum(): groups = [nz]
     else:
         by_len = nz[np.argsort(lens[nz], kind='stable')]
         groups = [by_len[i:i + group_rows] for i in range(0, len(by_len), group_rows)]
-    big = np.iinfo(np.int64).max
     for R in groups:
-        (V, T), valid, glen = _pad_entries(indptr, R, -vals, toks.astype(np.int64), fill=(np.inf, big))
-        o = np.argsort(V, axis=1)
-        Vs = np.take_along_axis(V, o, 1)
-        tie = ((Vs[:, 1:] == Vs[:, :-1]) & np.isfinite(Vs[:, 1:])).any(1)
-        Ts = np.take_along_axis(T, o, 1)
-        if tie.any():
-            t = np.flatnonzero(tie)
-            Ts[t] = np.take_along_axis(T[t], np.lexsort((T[t], V[t]), axis=-1), 1)
-        k = min(Ts.shape[1], w)
-        keep = np.arange(k)[None, :] < np.minimum(glen, max_len)[:, None]
-        out[R, :k] = np.where(keep, Ts[:, :k], pad_id)
+        gl = lens[R]; m = int(gl.max())
+        ar = np.arange(m)
+        valid = ar[None, :] < gl[:, None]
+        P = np.full((len(R), m), padkey, np.int64)
+        P[valid] = key[(indptr[R][:, None] + ar[None, :])[valid]]
+        P.sort(axis=1)                                    # SIMD sort of int64 keys, row by row
+        k = min(m, w)
+        out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #5d60eaf9
+# %% ../nbs/06_tokenizers.ipynb #0ca8ae89
 class _ColumnMap:
     "Per-column token id (-1: unknown) and median for one gene list; an aggregation matrix when ids repeat."
     def __init__(self, gene_ids, td: TokenDictionary, medians: dict):
@@ -427,6 +429,7 @@ class _ColumnMap:
             self.agg = sp.csr_matrix((np.ones(len(cols), np.float32), (cols, inv)), shape=(len(genes), len(u)))
             self.tok, self.med = u, np.array([medians[td.id_to_token(i)] for i in u], np.float64)
         else: self.tok, self.med = tok, med
+        with np.errstate(divide='ignore', invalid='ignore'): self.inv = np.where(self.tok >= 0, 1.0 / self.med, 0.0)
 
     def matches(self, gene_ids) -> bool:
         return len(gene_ids) == len(self.genes) and bool((np.asarray(gene_ids).astype(str) == self.genes).all())
@@ -504,24 +507,28 @@ class RankValueTokenizer:
                                      f"{self.td.genes[:3]})")
         return self._cmap
 
-# %% ../nbs/06_tokenizers.ipynb #569bf804
+# %% ../nbs/06_tokenizers.ipynb #69b764a4
 def _entries(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np.ndarray):
     "Kept entries of block X (known gene, value > 0, cell total > 0): CSR indptr, float64 values, token ids."
     if cm.agg is not None: X = (X @ cm.agg).tocsr(); X.sort_indices()
-    n = X.shape[0]
-    rows = np.repeat(np.arange(n), np.diff(X.indptr))
-    tok = cm.tok[X.indices]
-    keep = (tok >= 0) & (X.data > 0) & (totals[rows] > 0)
-    r, c = rows[keep], X.indices[keep]
-    vals = X.data[keep].astype(np.float64) / totals[r] * self.target_sum / cm.med[c]
-    indptr = np.zeros(n + 1, np.int64); np.cumsum(np.bincount(r, minlength=n), out=indptr[1:])
-    return indptr, vals, tok[keep]
+    n, lens = X.shape[0], np.diff(X.indptr)
+    with np.errstate(divide='ignore'): scale = np.where(totals > 0, self.target_sum / totals, 0.0)
+    c, tok = X.indices, cm.tok[X.indices]
+    vals = X.data.astype(np.float64)
+    vals *= np.repeat(scale, lens)
+    vals *= cm.inv[c]
+    keep = (tok >= 0) & (vals > 0)
+    if keep.all(): return X.indptr.astype(np.int64), vals, tok
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.add.reduceat(keep, np.minimum(X.indptr[:-1], len(keep) - 1), dtype=np.int64) * (lens > 0), out=indptr[1:])
+    return indptr, vals[keep], tok[keep]
 
 RankValueTokenizer._entries = _entries
 
-# %% ../nbs/06_tokenizers.ipynb #1461529e
+# %% ../nbs/06_tokenizers.ipynb #64a89b7e
 def _frame(self: RankValueTokenizer, parts: list) -> tuple[np.ndarray, np.ndarray]:
     "Concatenate padded parts [(ids, lengths), ...] row-wise, adding <cls>/<eos> when asked; padded ids and lengths."
+    if len(parts) == 1 and not self.special_tokens: return parts[0][0], parts[0][1].copy()
     n = parts[0][0].shape[0]
     lens = [p[1] for p in parts]
     total = sum(lens) + (2 if self.special_tokens else 0)
