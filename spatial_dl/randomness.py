@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ideal_mixing', 'batch_mixing', 'simulated_ideal', 'mixing_report', 'batch_composition', 'default_strategies',
            'plot_composition', 'predicted_tv', 'plan_image', 'plot_plans', 'mixing_grid', 'plot_mixing_grid',
-           'load_bench_results', 'mixing_explorer']
+           'load_bench_results', 'bench_table', 'plot_bench_tradeoff', 'mixing_explorer']
 
 # %% ../nbs/05_randomness.ipynb #0537ec9e
 import json
@@ -285,17 +285,41 @@ def plot_mixing_grid(grid: pd.DataFrame, # the output of `mixing_grid`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_randomness.ipynb #e96d347d
+# %% ../nbs/05_randomness.ipynb #5858ab0a
 def load_bench_results(path: str|Path|None=None, # a `--json` output of `bench/loaders.py`; searched upwards from the cwd when None
                       ) -> dict|None:
-    "The loader benchmark's JSON as a dict, or None when it has not been produced yet."
+    "The loader benchmark's JSON as a dict (`bench/results/loaders.json`, else `loaders_quick.json`), or None when absent."
     if path is not None:
         p = Path(path)
-        return json.loads(p.read_text()) if p.exists() else None
+        return dict(json.loads(p.read_text()), _path=str(p)) if p.exists() else None
     for d in [Path.cwd(), *Path.cwd().parents]:
-        p = d / 'bench' / 'results' / 'loaders.json'
-        if p.exists(): return json.loads(p.read_text())
+        for name in ('loaders.json', 'loaders_quick.json'):
+            p = d / 'bench' / 'results' / name
+            if p.exists(): return dict(json.loads(p.read_text()), _path=str(p))
     return None
+
+def bench_table(bench: dict, # the output of `load_bench_results`
+               ) -> pd.DataFrame:
+    "One row per loader (the benchmark's medians): cells/s, TV and its ideal, first batch, peak RSS — whichever are present."
+    rows = bench.get('medians') or bench.get('rows') or []
+    cols = ['name', 'cells_per_s', 'cells_per_s_incl_first', 'tv', 'tv_ideal', 'first_batch_s', 'peak_rss_mb']
+    df = pd.DataFrame(rows)
+    return df[[c for c in cols if c in df.columns]].set_index('name') if 'name' in df.columns else df
+
+def plot_bench_tradeoff(bench: dict, # the output of `load_bench_results`
+                       ):
+    "Each loader as a point: throughput (cells/s) against mixing (TV); the dashed line is the ideal TV."
+    t = bench_table(bench)
+    t = t.dropna(subset=[c for c in ('cells_per_s', 'tv') if c in t.columns]) if {'cells_per_s', 'tv'} <= set(t.columns) else t.iloc[:0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in t.iterrows():
+        ax.scatter(r.tv, r.cells_per_s, c='C0' if str(name).startswith('spatial_dl') else 'C7')
+        ax.annotate(str(name), (r.tv, r.cells_per_s), fontsize=7, xytext=(4, 2), textcoords='offset points')
+    if 'tv_ideal' in t.columns and len(t): ax.axvline(t.tv_ideal.median(), ls='--', c='k', lw=1, label='ideal TV')
+    ax.set(xlabel='mean TV per batch (lower = better mixed)', ylabel='cells / s (higher = faster)', yscale='log', xlim=(0, None))
+    if len(t): ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/05_randomness.ipynb #9a1769b3
 def mixing_explorer(labels, # one label per row

@@ -149,6 +149,21 @@ def test_load_bench_results(tmp_path, monkeypatch):
     assert load_bench_results(p)['rows'][0]['candidate'] == 'x'
     monkeypatch.chdir(tmp_path / 'bench')
     assert load_bench_results()['rows'][0]['cells_per_s'] == 1.0
+    assert load_bench_results()['_path'].endswith('loaders.json')
+
+
+def test_bench_table_and_tradeoff_plot():
+    import matplotlib.pyplot as plt
+    from spatial_dl.randomness import bench_table, plot_bench_tradeoff
+    doc = {'medians': [dict(name='spatial_dl block', cells_per_s=3e4, tv=0.12, tv_ideal=0.1, extra=1),
+                       dict(name='naive', cells_per_s=5e3, tv=0.10, tv_ideal=0.1),
+                       dict(name='broken', cells_per_s=None, tv=None)]}
+    t = bench_table(doc)
+    assert list(t.columns) == ['cells_per_s', 'tv', 'tv_ideal'] and t.loc['naive', 'cells_per_s'] == 5e3
+    fig = plot_bench_tradeoff(doc)
+    assert len(fig.axes[0].collections) == 2                         # rows without numbers are left out
+    assert len(plot_bench_tradeoff({'rows': []}).axes[0].collections) == 0
+    plt.close('all')
 
 
 @pytest.mark.parametrize('call, message', [
