@@ -6,11 +6,12 @@
 __all__ = ['DTYPE_MAP', 'SPLIT_METHODS', 'MANIFEST', 'FORMAT', 'to_storage', 'from_storage', 'tensor_to_bytes', 'npy_loads',
            'cell_id_to_index', 'dataset_slug', 'make_key', 'Pairing', 'pair_embeddings', 'check_embedding',
            'assign_splits', 'build_samples', 'write_shard', 'prepare_shards', 'load_embedding', 'load_ids',
-           'read_manifest', 'verify_shards', 'ShardSource', 'iter_tar', 'decode_sample', 'collate_samples',
-           'PairedShards', 'shard_pipeline', 'demo_paired_embeddings', 'parse_args', 'prepare_shards_main']
+           'read_manifest', 'verify_shards', 'ShardSource', 'iter_tar', 'split_key', 'group_members', 'decode_sample',
+           'collate_samples', 'PairedShards', 'shard_pipeline', 'demo_paired_embeddings', 'parse_args',
+           'prepare_shards_main']
 
-# %% ../nbs/11_shards.ipynb #19761266
-import argparse, functools, hashlib, io, json, os, re, shutil, sys, tarfile, tempfile
+# %% ../nbs/11_shards.ipynb #e6691e79
+import argparse, functools, hashlib, io, json, mmap, os, re, shutil, sys, tarfile, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +32,7 @@ DTYPE_MAP: dict[str, tuple] = {
     'bfloat16': (torch.bfloat16, np.dtype('<u2')),  # raw bfloat16 bits: numpy has no bfloat16
 }
 
-# %% ../nbs/11_shards.ipynb #63dc269b
+# %% ../nbs/11_shards.ipynb #d0106ef5
 def to_storage(x, # a tensor or array, any float dtype
                dtype: str='float32', # a key of `DTYPE_MAP`
               ) -> np.ndarray:
@@ -48,6 +49,7 @@ def from_storage(a: np.ndarray, # an array in a storage dtype (uint16 holds bflo
     "The tensor stored in `a`: bfloat16 bits are viewed as `torch.bfloat16`, other dtypes are wrapped as they are."
     check_choice(dtype, 'dtype', DTYPE_MAP)
     a = np.ascontiguousarray(a)
+    if not a.flags.writeable: a = a.copy()  # torch tensors must own writable memory
     if dtype == 'bfloat16': return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
@@ -67,28 +69,26 @@ def tensor_to_bytes(x, # a tensor or array
     "`x` cast to `dtype` and serialised as `.npy` bytes (bfloat16 as uint16 bits)."
     return _npy_bytes(to_storage(x, dtype))
 
-# %% ../nbs/11_shards.ipynb #abfa834f
+# %% ../nbs/11_shards.ipynb #59f6a731
 _HEADER_CACHE: dict = {}
 
 def npy_loads(data: bytes, # a `.npy` payload
               name: str='payload', # what to call it in errors
              ) -> np.ndarray:
     "Decode `.npy` bytes without pickle (object dtypes refused); a read-only view of `data`."
-    data = memoryview(data)
-    if bytes(data[:6]) != b'\x93NUMPY': raise ValueError(f"{name}: not a .npy payload (bad magic {bytes(data[:6])!r})")
-    major = data[6]
-    hl, start = (int.from_bytes(data[8:10], 'little'), 10) if major == 1 else (int.from_bytes(data[8:12], 'little'), 12)
-    header = bytes(data[:start + hl])
+    if data[:6] != b'\x93NUMPY': raise ValueError(f"{name}: not a .npy payload (bad magic {bytes(data[:6])!r})")
+    start = 10 + data[8] + (data[9] << 8) if data[6] == 1 else 12 + int.from_bytes(data[8:12], 'little')
+    header = bytes(data[:start])
     parsed = _HEADER_CACHE.get(header)
     if parsed is None:
-        f = io.BytesIO(header); np.lib.format.read_magic(f)
+        f = io.BytesIO(header); major, _ = np.lib.format.read_magic(f)
         shape, fortran, dt = (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
         if dt.hasobject: raise ValueError(f"{name}: object dtype {dt} refused (no pickle decoding of shard contents)")
-        parsed = (shape, fortran, dt, int(np.prod(shape)))
+        parsed = (shape, fortran, dt, int(np.prod(shape)), len(shape) == 1)
         if len(_HEADER_CACHE) < 4096: _HEADER_CACHE[header] = parsed
-    shape, fortran, dt, n = parsed
-    a = np.frombuffer(data, dtype=dt, count=n, offset=start + hl)
-    return a.reshape(shape, order='F' if fortran else 'C')
+    shape, fortran, dt, n, flat = parsed
+    a = np.frombuffer(data, dtype=dt, count=n, offset=start)
+    return a if flat else a.reshape(shape, order='F' if fortran else 'C')
 
 # %% ../nbs/11_shards.ipynb #6c4dd6d7
 _SUFFIX = re.compile(r'(\d+)$')
@@ -446,8 +446,9 @@ class ShardSource(wds.utils.PipelineStage):
 
     def run(self): return iter(self)
 
-# %% ../nbs/11_shards.ipynb #46ed3eb5
+# %% ../nbs/11_shards.ipynb #9c08b6c1
 _ZERO = bytes(512)
+_META = re.compile(r"__[^/]*__($|/)")
 
 def _pax_path(data: bytes) -> str|None:
     i, out = 0, None
@@ -457,47 +458,74 @@ def _pax_path(data: bytes) -> str|None:
         if k == b'path': out = v.decode()
     return out
 
-def iter_tar(path: str, # a tar file
-            ) -> Iterator[dict]:
-    "Regular-file members of a tar as `dict(fname, data, __url__)`, skipping names WebDataset skips (`__...__`)."
-    with open(path, 'rb', buffering=1 << 20) as f:
-        long_name = None
-        while True:
-            h = f.read(512)
-            if len(h) < 512:
-                if h: raise ValueError(f"{path}: truncated tar header")
-                return
-            if h == _ZERO: return
-            raw = h[124:136]
-            size = int.from_bytes(raw[1:], 'big') if raw[0] & 0x80 else int(raw.strip(b' \0') or b'0', 8)
-            data = f.read(size)
-            if len(data) < size: raise ValueError(f"{path}: truncated member (wanted {size} bytes, got {len(data)})")
-            if size % 512: f.read(512 - size % 512)
-            t = h[156:157]
-            if t == b'L': long_name = data.rstrip(b'\0').decode(); continue
-            if t == b'x': long_name = _pax_path(data) or long_name; continue
-            if t not in (b'0', b'\0', b'7'): long_name = None; continue
-            if long_name is not None: name, long_name = long_name, None
-            else:
-                name = h[:100].split(b'\0', 1)[0].decode()
-                if h[257:262] == b'ustar' and h[345] != 0: name = h[345:500].split(b'\0', 1)[0].decode() + '/' + name
-            if name.startswith('__') and ('/' not in name and name.endswith('__') or re.match(r"__[^/]*__($|/)", name)): continue
-            yield dict(fname=name, data=data, __url__=path)
+def iter_tar(path: str|Path, # a tar file
+            ) -> Iterator[tuple]:
+    "`(name, data)` of the regular files in a tar, skipping the names WebDataset skips (`__...__`)."
+    with open(path, 'rb') as f:
+        total = os.fstat(f.fileno()).st_size
+        if total == 0: raise ValueError(f"{path}: empty file, not a tar shard")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            pos, long_name = 0, None
+            while pos < total:
+                h = mm[pos:pos + 512]
+                if len(h) < 512: raise ValueError(f"{path}: truncated tar header at byte {pos}")
+                if h == _ZERO: return
+                raw = h[124:136]
+                size = int.from_bytes(raw[1:], 'big') if raw[0] & 0x80 else int(raw.strip(b' \0') or b'0', 8)
+                data = mm[pos + 512:pos + 512 + size]
+                if len(data) < size: raise ValueError(f"{path}: truncated member at byte {pos} (wanted {size} bytes, got {len(data)})")
+                pos += 512 + size + (-size) % 512
+                t = h[156:157]
+                if t == b'L': long_name = data.rstrip(b'\0').decode(); continue
+                if t == b'x': long_name = _pax_path(data) or long_name; continue
+                if t not in (b'0', b'\0', b'7'): long_name = None; continue
+                if long_name is not None: name, long_name = long_name, None
+                else:
+                    name = h[:100].split(b'\0', 1)[0].decode()
+                    if h[257:262] == b'ustar' and h[345] != 0: name = h[345:500].split(b'\0', 1)[0].decode() + '/' + name
+                if name.startswith('__') and (('/' not in name and name.endswith('__')) or _META.match(name)): continue
+                yield name, data
+            raise ValueError(f"{path}: truncated tar (no end-of-archive blocks after byte {pos})")
 
-# %% ../nbs/11_shards.ipynb #1d59efb4
+# %% ../nbs/11_shards.ipynb #3bb24e9a
+def split_key(fname: str) -> tuple:
+    "`(key, field)` of a tar member name by WebDataset's `base_plus_ext` rule; `(None, None)` when it has none."
+    if '/' not in fname:
+        j = fname.find('.')
+        return (fname[:j], fname[j + 1:]) if j > 0 else (None, None)
+    return base_plus_ext(fname)
+
+def group_members(members, # iterable of (name, data), with None marking the end of a shard
+                  url: str|None=None, # recorded as `__url__`
+                  lcase: bool=True, # lower-case field names (WebDataset's default)
+                 ) -> Iterator[dict]:
+    "Samples as WebDataset builds them: consecutive members with the same key merged, fields lower-cased."
+    cur = None
+    for m in members:
+        if m is None:
+            if cur is not None: yield cur
+            cur = None; continue
+        fname, data = m
+        key, field = split_key(fname)
+        if key is None: continue
+        if lcase: field = field.lower()
+        if cur is None or key != cur['__key__']:
+            if cur is not None: yield cur
+            cur = {'__key__': key, '__url__': url}
+        if field in cur: raise ValueError(f"{fname}: duplicate file name in tar file {field} {cur.keys()}")
+        cur[field] = data
+    if cur is not None: yield cur
+
+# %% ../nbs/11_shards.ipynb #d271e690
 def _tar_to_samples(src):
-    "Pipeline stage: shard dicts -> raw samples, grouped by WebDataset's own `group_by_keys`, capped per worker."
-    state = dict(cap=None)
-    def members():
-        for s in src:
-            state['cap'] = s.get('cap')
-            yield from iter_tar(s['url'])
-            yield {}  # end of shard: samples never merge across shards
+    "Pipeline stage: shard dicts -> raw samples (WebDataset grouping, never across shards), capped per worker."
     n = 0
-    for sample in group_by_keys(members()):
-        if state['cap'] is not None and n >= state['cap']: return
-        n += 1
-        yield sample
+    for s in src:
+        cap = s.get('cap')
+        for sample in group_members(iter_tar(s['url']), url=s['url']):
+            if cap is not None and n >= cap: return
+            n += 1
+            yield sample
 
 def decode_sample(sample: dict) -> tuple:
     "Raw sample -> `(morph, tx, pos, meta)` as numpy arrays (storage dtype) and a dict; no pickle."
@@ -506,7 +534,7 @@ def decode_sample(sample: dict) -> tuple:
     meta = json.loads(j)
     return npy_loads(m, 'morph.npy'), npy_loads(t, 'tx.npy'), np.array([meta['x'], meta['y']], np.float32), meta
 
-# %% ../nbs/11_shards.ipynb #1c9d2672
+# %% ../nbs/11_shards.ipynb #c4be93bf
 class _Shuffle:
     "Buffered sample shuffle, seeded by (seed, epoch, rank, worker)."
     def __init__(self, bufsize: int, seed: int): self.bufsize, self.seed, self.epoch = bufsize, seed, 0
@@ -536,9 +564,9 @@ def _batched(src, batch_size: int, dtype: str, drop_last: bool):
     if buf and not drop_last: yield collate_samples(buf, dtype)
 
 def _unbatched(src, dtype: str):
-    for m, t, p, meta in src: yield from_storage(m.copy(), dtype), from_storage(t.copy(), dtype), torch.from_numpy(p), meta
+    for m, t, p, meta in src: yield from_storage(m, dtype), from_storage(t, dtype), torch.from_numpy(p), meta
 
-# %% ../nbs/11_shards.ipynb #592d098a
+# %% ../nbs/11_shards.ipynb #04ac3f08
 class PairedShards(wds.DataPipeline):
     "A `webdataset.DataPipeline` over prepared shards, with `set_epoch` and the `manifest`."
     def set_epoch(self, epoch: int):
@@ -569,7 +597,7 @@ def shard_pipeline(root: str|Path, # a folder written by `prepare_shards`
     pipe = PairedShards(*stages); pipe.manifest = m; pipe.root = Path(root); pipe.split = split
     return pipe
 
-# %% ../nbs/11_shards.ipynb #f8337a35
+# %% ../nbs/11_shards.ipynb #61e90e51
 def demo_paired_embeddings(n_samples: int=2, # simulated slides
                            n_rows: int=20, n_cols: int=20, # grid per slide
                            morph_dim: int=64, # morphology embedding width
@@ -611,7 +639,7 @@ def demo_paired_embeddings(n_samples: int=2, # simulated slides
                 slide=slide, region=np.concatenate([a.obs['region'].astype(str).values for a in ads]),
                 cell_type=np.concatenate([a.obs['cell_type'].astype(str).values for a in ads]))
 
-# %% ../nbs/11_shards.ipynb #59ab94e7
+# %% ../nbs/11_shards.ipynb #4ce37e9a
 def parse_args(argv: list[str]|None=None) -> argparse.Namespace:
     "Options of `spatial-dl prepare-shards`."
     p = argparse.ArgumentParser(prog='spatial-dl prepare-shards', description='Write paired morphology/transcription embeddings as WebDataset shards.')
