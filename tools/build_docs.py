@@ -13,12 +13,11 @@ root = Path(__file__).resolve().parent.parent
 
 def _frontmatter(nb) -> dict:
     "Title/description from the raw '---' cell nbdev's processing writes (or from the first heading)."
+    import yaml
     meta = {}
     for c in nb.cells:
         if c.cell_type == 'raw' and c.source.strip().startswith('---'):
-            for line in c.source.strip().strip('-').splitlines():
-                if ':' in line:
-                    k, v = line.split(':', 1); meta[k.strip()] = v.strip().strip("'\"")
+            meta = yaml.safe_load(c.source.strip().strip('-')) or {}
             break
     if 'title' not in meta:
         for c in nb.cells:
@@ -30,6 +29,31 @@ def _page_name(rel: Path) -> str:
     "index.ipynb -> index.html; 03_readers.ipynb -> readers.html; tutorials/x.ipynb -> tutorials/x.html"
     stem = re.sub(r'^\d+[a-z]?_', '', rel.stem)
     return str(rel.with_name(stem + '.html'))
+
+def _prepare_cells(nb):
+    "Apply the Quarto cell options nbdev relies on: `echo: false` hides the code, `include: false` the whole cell; drop `#|` lines."
+    keep = []
+    for c in nb.cells:
+        if c.cell_type != 'code': keep.append(c); continue
+        lines = c.source.splitlines()
+        opts = {l[2:].split(':', 1)[0].strip(): l[2:].split(':', 1)[1].strip() for l in lines if l.startswith('#|') and ':' in l}
+        if opts.get('include') == 'false': continue
+        c.source = '\n'.join(l for l in lines if not l.startswith('#|')).strip('\n')
+        if opts.get('echo') == 'false' or not c.source:
+            c.metadata.setdefault('tags', []).append('sdl-hide-input')
+        if not c.source and not c.get('outputs'): continue
+        for o in c.get('outputs', []):
+            md = o.get('data', {}).get('text/markdown')
+            if md: o['data']['text/markdown'] = _fix_quarto_markdown(md if isinstance(md, str) else ''.join(md))
+        keep.append(c)
+    nb.cells = keep
+    return nb
+
+_QUARTO_ATTRS = re.compile(r'\[([^\]]+)\]\(([^)]+)\)\{target="_blank"[^}]*\}')
+
+def _fix_quarto_markdown(html_text: str) -> str:
+    "show_doc writes Quarto link attributes ('[source](url){target=...}'); render them as plain links."
+    return _QUARTO_ATTRS.sub(lambda m: f'<a class="sdl-source" href="{m.group(2)}" target="_blank">{m.group(1)}</a>', html_text)
 
 def _nav(pages, current: str) -> str:
     up = '../' * current.count('/')
@@ -48,6 +72,10 @@ body { margin-left: 250px !important; }
 .sdl-nav a { color: #24292f; text-decoration: none; display: block; padding: 2px 6px; border-radius: 4px; }
 .sdl-nav a.active, .sdl-nav a:hover { background: #dde4ee; }
 .sdl-brand { font-weight: 700; font-size: 18px; }
+.sdl-header { padding: 1.5rem 1rem 0 1rem; max-width: 1100px; font-family: system-ui, sans-serif; }
+.sdl-header h1 { margin-bottom: 0.3rem; }
+.sdl-header p { color: #57606a; font-size: 1.1rem; margin-top: 0; }
+a.sdl-source { float: right; font-size: smaller; }
 </style>"""
 
 def build(out: Path, force: bool=False) -> list[Path]:
@@ -68,13 +96,18 @@ def build(out: Path, force: bool=False) -> list[Path]:
     key = lambda t: (t[0].name != 'index.ipynb', len(t[0].parts) > 1, str(t[0]))
     loaded.sort(key=key)
     pages = [(_page_name(rel), meta.get('title', rel.stem)) for rel, _, meta in loaded]
-    exporter = HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)
+    from traitlets.config import Config
+    cfg = Config()
+    cfg.TagRemovePreprocessor.enabled = True
+    cfg.TagRemovePreprocessor.remove_input_tags = {'sdl-hide-input'}
+    exporter = HTMLExporter(config=cfg, template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True)
     tmp = Path(tempfile.mkdtemp(prefix='.docs.', dir=out.parent))
     written = []
     try:
         for (rel, nb, meta), (name, title) in zip(loaded, pages):
-            body, _ = exporter.from_notebook_node(nb)
-            head = f'<div class="sdl-desc"><p><em>{html.escape(meta.get("description", ""))}</em></p></div>' if meta.get('description') else ''
+            body, _ = exporter.from_notebook_node(_prepare_cells(nb))
+            desc = f'<p>{html.escape(str(meta["description"]))}</p>' if meta.get('description') else ''
+            head = f'<header class="sdl-header"><h1>{html.escape(str(title))}</h1>{desc}</header>'
             body = body.replace('<title>Notebook</title>', f'<title>{html.escape(title)} – spatial_dl</title>')
             body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + NAV_CSS + _nav(pages, name) + head, body, count=1)
             dest = tmp/name; dest.parent.mkdir(parents=True, exist_ok=True)
