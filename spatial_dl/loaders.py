@@ -249,11 +249,49 @@ def _iter(self: AnnDataset):
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._iter = _iter_fetches, _worker_fetches, _iter
 
-# %% ../nbs/04_loaders.ipynb #b9016132
+# %% ../nbs/04_loaders.ipynb #24b0f182
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
     def set_epoch(self, epoch: int): self.ds.set_epoch(epoch)
+
+class _ShmPool:
+    "Reader buffers in a DataLoader worker: fresh shared-memory tensors, so a fetch crosses to the main process without a copy."
+    def __init__(self): self.arenas = {}
+    def take(self, nbytes: int) -> np.ndarray:
+        t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(int(nbytes), 1)), 0, (int(nbytes),), (1,))
+        a = t.numpy()
+        self.arenas[id(a)] = (a, t)
+        return a
+    def array(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        return self.take(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize).view(dtype).reshape(shape)
+    def pack(self, X: sp.csr_matrix):
+        "A CSR whose data and indices live in our arenas → a picklable descriptor holding the shared tensors."
+        keys = (id(X.data.base), id(X.indices.base))
+        hits = [self.arenas.get(k) for k in keys]
+        if any(h is None for h in hits): return X, ()
+        (ad, td), (ai, ti) = hits
+        offd, offi = X.data.ctypes.data - ad.ctypes.data, X.indices.ctypes.data - ai.ctypes.data
+        return _SharedCSR(td, offd, ti, offi, X.nnz, X.data.dtype.str, X.indices.dtype.str, X.indptr, X.shape), keys
+
+class _SharedCSR:
+    "A CSR matrix whose data and indices are slices of shared-memory tensors (sent by a worker, rebuilt in the main process)."
+    def __init__(self, td, offd, ti, offi, nnz, ddt, idt, indptr, shape):
+        self.td, self.offd, self.ti, self.offi, self.nnz = td, offd, ti, offi, nnz
+        self.ddt, self.idt, self.indptr, self.shape = ddt, idt, indptr, shape
+    def csr(self) -> sp.csr_matrix:
+        dd, di = np.dtype(self.ddt), np.dtype(self.idt)
+        data = self.td.numpy()[self.offd:self.offd + self.nnz * dd.itemsize].view(dd)
+        indices = self.ti.numpy()[self.offi:self.offi + self.nnz * di.itemsize].view(di)
+        m = sp.csr_matrix(self.shape, dtype=dd)
+        m.data, m.indices, m.indptr = data, indices, self.indptr
+        return m
+
+def _unpack(batch: dict) -> dict:
+    X = batch.get('X')
+    if isinstance(X, _SharedCSR): batch['X'] = X.csr()
+    return batch
 
 class _FetchStream(IterableDataset):
     "What DataLoader workers iterate: whole fetches of raw (CSR) mini-batches."
@@ -263,9 +301,20 @@ class _FetchStream(IterableDataset):
         ds = self.ds
         if self.shared_epoch is not None: ds.epoch = int(self.shared_epoch.value)
         if self.rank_world is not None: ds.rank, ds.world_size = self.rank_world
-        return ds._iter_fetches(ds._worker_fetches())
+        fetches = ds._iter_fetches(ds._worker_fetches())
+        if torch.utils.data.get_worker_info() is None: return fetches
+        return self._shared(fetches)
+    def _shared(self, fetches):
+        pool = self.ds.reader._pool = _ShmPool()
+        for item in fetches:
+            used = set()
+            for b in item:
+                if sp.issparse(b.get('X')):
+                    b['X'], keys = pool.pack(b['X']); used.update(keys)
+            for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
+            yield item
 
-# %% ../nbs/04_loaders.ipynb #1fe50481
+# %% ../nbs/04_loaders.ipynb #0b7678d7
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -299,7 +348,7 @@ class AnnDataLoader(DataLoader):
         if stream.shared_epoch is not None: stream.shared_epoch.value = ds.epoch
         for item in super().__iter__():
             item.reverse()
-            while item: yield ds._finish(item.pop())
+            while item: yield ds._finish(_unpack(item.pop()))
 
     def __len__(self) -> int: return len(self.ann_dataset)
     def set_epoch(self, epoch: int): self.ann_dataset.set_epoch(epoch)
