@@ -409,7 +409,70 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #0ca8ae89
+# %% ../nbs/06_tokenizers.ipynb #90e8e4b8
+_NUMBA = None
+def _numba_fill():
+    "The compiled fill loop, or None when numba is missing or disabled (SPATIAL_DL_NUMBA=0)."
+    global _NUMBA
+    if _NUMBA is None:
+        _NUMBA = False
+        if os.environ.get('SPATIAL_DL_NUMBA', '1') != '0':
+            try:
+                import numba
+                _NUMBA = numba.njit(nogil=True)(_fill_keys_py)
+            except ImportError: pass
+    return _NUMBA or None
+
+def _fill_keys_py(indptr, indices, data, scale, tok_of, inv_of, rows_sel, P, kept, qmax, padkey):
+    "For rows `rows_sel`: keys (qmax - value bits >> 21) << 21 | token of kept entries into P's rows, pads after; kept counts."
+    m = P.shape[1]
+    buf = np.empty(m, np.float64); bits = buf.view(np.int64); tb = np.empty(m, np.int64)
+    for g in range(len(rows_sel)):
+        i = rows_sel[g]; k = 0
+        s = scale[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            c = indices[p]; t = tok_of[c]
+            if t < 0: continue
+            v = data[p] * s
+            v = v * inv_of[c]
+            if v > 0: buf[k] = v; tb[k] = t; k += 1
+        for j in range(k): P[g, j] = ((qmax - (bits[j] >> 21)) << 21) | tb[j]
+        for j in range(k, m): P[g, j] = padkey
+        kept[g] = k
+
+def _warm_numba():
+    "Compile the fused loop for the usual dtypes (CSR from the reader: float32 data, int32 indices)."
+    if _numba_fill() is None: return
+    X = sp.csr_matrix(np.ones((2, 2), np.float32)); X.indices = X.indices.astype(np.int32)
+    _rank_csr_fused(X, np.ones(2), np.array([2, 3]), np.ones(2), 2)
+
+def _rank_csr_fused(X: sp.csr_matrix, scale: np.ndarray, tok_of: np.ndarray, inv_of: np.ndarray, max_len: int,
+                    pad_id: int=0, group_rows: int=256):
+    "Same result as `_rank_rows(*_entries(...))` in one compiled pass per group of rows (numba), then numpy's row sort."
+    fill = _numba_fill()
+    n, lens = X.shape[0], np.diff(X.indptr)
+    nz = np.flatnonzero(lens)
+    padkey, mask = (_QMAX << _TOK_BITS) | pad_id, (1 << _TOK_BITS) - 1
+    if len(nz) == 0: return np.full((n, 0), pad_id, np.int64), np.zeros(n, np.int64)
+    if lens.max() * len(nz) <= 1.1 * lens.sum(): groups = [nz]
+    else:
+        by_len = nz[np.argsort(lens[nz], kind='stable')]
+        groups = [by_len[i:i + group_rows] for i in range(0, len(by_len), group_rows)]
+    kept_all, parts = np.zeros(n, np.int64), []
+    data = X.data if X.data.dtype in (np.float32, np.float64) else X.data.astype(np.float64)
+    for R in groups:
+        P = np.empty((len(R), int(lens[R].max())), np.int64); kept = np.empty(len(R), np.int64)
+        fill(X.indptr.astype(np.int64), X.indices, data, scale, tok_of, inv_of, R.astype(np.int64), P, kept, _QMAX, padkey)
+        P.sort(axis=1)
+        kept_all[R] = kept; parts.append((R, P))
+    out_len = np.minimum(kept_all, max_len)
+    w = int(out_len.max())
+    out = np.full((n, w), pad_id, np.int64)
+    for R, P in parts:
+        k = min(P.shape[1], w); out[R, :k] = P[:, :k] & mask
+    return out, out_len
+
+# %% ../nbs/06_tokenizers.ipynb #b085f546
 class _ColumnMap:
     "Per-column token id (-1: unknown) and median for one gene list; an aggregation matrix when ids repeat."
     def __init__(self, gene_ids, td: TokenDictionary, medians: dict):
@@ -434,7 +497,7 @@ class _ColumnMap:
     def matches(self, gene_ids) -> bool:
         return len(gene_ids) == len(self.genes) and bool((np.asarray(gene_ids).astype(str) == self.genes).all())
 
-# %% ../nbs/06_tokenizers.ipynb #472df791
+# %% ../nbs/06_tokenizers.ipynb #079e2d26
 def _as_token_dict(td) -> TokenDictionary:
     if isinstance(td, TokenDictionary): return td
     if isinstance(td, (str, os.PathLike)): return TokenDictionary.load(td)
@@ -484,7 +547,7 @@ class RankValueTokenizer:
         self.target_sum, self.gene_key, self.total_key = float(target_sum), gene_key, total_key
         self.n_neighbors, self.radius, self.graph_key, self.coord_key = n_neighbors, radius, graph_key, coord_key
         self.allow_normalized = allow_normalized
-        self._cmap = None
+        self._cmap = self._cmap_src = None
         self.stats = dict(cells=0, zero_cells=0, unknown_genes=0, isolated_spots=0, tokens=0)
 
     def __repr__(self):
@@ -498,6 +561,8 @@ class RankValueTokenizer:
 
     def column_map(self, gene_ids) -> _ColumnMap:
         "The (cached) column → token map of a gene list; counts unknown genes once per new list."
+        if self._cmap is not None and gene_ids is self._cmap_src: return self._cmap
+        self._cmap_src = gene_ids
         if self._cmap is None or not self._cmap.matches(gene_ids):
             self._cmap = _ColumnMap(gene_ids, self.td, self.medians)
             self.stats['unknown_genes'] += self._cmap.n_unknown
@@ -507,7 +572,7 @@ class RankValueTokenizer:
                                      f"{self.td.genes[:3]})")
         return self._cmap
 
-# %% ../nbs/06_tokenizers.ipynb #69b764a4
+# %% ../nbs/06_tokenizers.ipynb #8690aa1a
 def _entries(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np.ndarray):
     "Kept entries of block X (known gene, value > 0, cell total > 0): CSR indptr, float64 values, token ids."
     if cm.agg is not None: X = (X @ cm.agg).tocsr(); X.sort_indices()
@@ -523,9 +588,17 @@ def _entries(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals:
     np.cumsum(np.add.reduceat(keep, np.minimum(X.indptr[:-1], len(keep) - 1), dtype=np.int64) * (lens > 0), out=indptr[1:])
     return indptr, vals[keep], tok[keep]
 
-RankValueTokenizer._entries = _entries
+def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np.ndarray, max_len: int):
+    "Padded ranked tokens and lengths of block X: the fused numba pass when available, else the numpy steps."
+    if _numba_fill() is not None and cm.tok.max(initial=-1) < (1 << _TOK_BITS):
+        if cm.agg is not None: X = (X @ cm.agg).tocsr(); X.sort_indices()
+        with np.errstate(divide='ignore'): scale = np.where(totals > 0, self.target_sum / totals, 0.0)
+        return _rank_csr_fused(X, scale, cm.tok, cm.inv, max_len, self.td.pad_id)
+    return _rank_rows(*self._entries(X, cm, totals), max_len, self.td.pad_id)
 
-# %% ../nbs/06_tokenizers.ipynb #64a89b7e
+RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
+
+# %% ../nbs/06_tokenizers.ipynb #133f1782
 def _frame(self: RankValueTokenizer, parts: list) -> tuple[np.ndarray, np.ndarray]:
     "Concatenate padded parts [(ids, lengths), ...] row-wise, adding <cls>/<eos> when asked; padded ids and lengths."
     if len(parts) == 1 and not self.special_tokens: return parts[0][0], parts[0][1].copy()
@@ -566,14 +639,14 @@ def tokenize_block_padded(self: RankValueTokenizer,
     if len(t) != X.shape[0]: raise TokenizerError(f"totals: {len(t)} values for {X.shape[0]} cells ({where})")
     L = self.model_input_size
     spot_len = L - 2 if (self.special_tokens and self.mode == 'spot') else (L - 1 if self.special_tokens else L)
-    parts = [_rank_rows(*self._entries(X, cm, t), spot_len, self.td.pad_id)]
+    parts = [self._rank(X, cm, t, spot_len)]
     if self.mode == 'neighborhood':
         if neighbor_X is None: raise TokenizerError("neighbor_X: mode='neighborhood' needs the neighbours' summed counts "
                                                     "(use tokenize_adata, tokenize_h5ad or TokenizeTransform, which build them)")
         N = sp.csr_matrix(neighbor_X)
         nt = _row_sums(N) if neighbor_totals is None else np.asarray(neighbor_totals, np.float64)
         nt = np.where(t > 0, nt, 0)                          # a zero-count spot gets no neighbour tokens either
-        parts.append(_rank_rows(*self._entries(N, cm, nt), spot_len, self.td.pad_id))
+        parts.append(self._rank(N, cm, nt, spot_len))
         self.stats['isolated_spots'] += int(((N.getnnz(axis=1) == 0) & (t > 0)).sum())
     ids, lens = self._frame(parts)
     zero = t <= 0
@@ -589,7 +662,7 @@ def tokenize_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_
 
 RankValueTokenizer._frame, RankValueTokenizer.tokenize_block_padded, RankValueTokenizer.tokenize_block = _frame, tokenize_block_padded, tokenize_block
 
-# %% ../nbs/06_tokenizers.ipynb #832becfe
+# %% ../nbs/06_tokenizers.ipynb #f44a6852
 def spatial_graph(coords, # n × 2 (or 3) coordinates
                   method: str='delaunay', # 'delaunay', 'knn' or 'radius'
                   n_neighbors: int=6, # k for 'knn'
@@ -628,7 +701,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.data[:] = 1; A.setdiag(0); A.eliminate_zeros()
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #829fae8a
+# %% ../nbs/06_tokenizers.ipynb #2ec04999
 def _neighbor_sums(A: sp.csr_matrix, X: sp.csr_matrix, totals: np.ndarray):
     "Neighbour-summed counts A@X and totals A@totals."
     A = sp.csr_matrix(A)
@@ -676,7 +749,7 @@ def _var_column(adata, key, where):
 
 RankValueTokenizer._graph_for, RankValueTokenizer.tokenize_adata = _graph_for, tokenize_adata
 
-# %% ../nbs/06_tokenizers.ipynb #f49eefe1
+# %% ../nbs/06_tokenizers.ipynb #5d89ad09
 def _stformer_delaunay(coords, where='coords') -> sp.csr_matrix:
     "stFormer's Delaunay graph: every triangle adds its three edges both ways (shared edges get weight 2), float64."
     from scipy.spatial import Delaunay
@@ -740,7 +813,7 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
 
-# %% ../nbs/06_tokenizers.ipynb #3394b950
+# %% ../nbs/06_tokenizers.ipynb #23b41a6c
 class _Source:
     "An H5adCollection plus per-file neighbour graphs and stFormer facts, for tokenizing arbitrary rows."
     def __init__(self, tok: RankValueTokenizer, reader: H5adCollection):
@@ -823,7 +896,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #e16b51ec
+# %% ../nbs/06_tokenizers.ipynb #ecef9bee
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -841,7 +914,7 @@ def _features(obs_types: dict):
 def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_dir, progress):
     "Tokenize rows [start, stop) of one file into an Arrow shard at shard_dir; returns the tokenizer stats."
     import datasets as hfd
-    tok.stats, tok._cmap, tok._ccols = dict.fromkeys(tok.stats, 0), None, None   # unknown genes: counted once per job
+    tok.stats, tok._cmap, tok._cmap_src, tok._ccols = dict.fromkeys(tok.stats, 0), None, None, None   # unknown genes: once per job
     coll = H5adCollection([path], var_key=tok.gene_key)
     src = _Source(tok, coll)
     obs = {k: _obs_values(coll, k) for k in obs_keys}
@@ -938,7 +1011,7 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #3054cf4d
+# %% ../nbs/06_tokenizers.ipynb #51d3f2a6
 class TokenizeTransform:
     "Loader hook (`before_dense`): raw CSR batch → padded `input_ids`, `attention_mask`, `length` (torch tensors)."
     def __init__(self, tokenizer: RankValueTokenizer, # the tokenizer to apply
@@ -947,6 +1020,7 @@ class TokenizeTransform:
                  drop_zero: bool=True, # remove zero-count cells from the batch (else keep them as all-padding rows)
                 ):
         self.tok, self.reader, self.pad_to, self.drop_zero = tokenizer, reader, pad_to, drop_zero
+        _warm_numba()      # compile before DataLoader workers fork, so they inherit the compiled loop
         if tokenizer.gene_key != getattr(reader, 'var_key', tokenizer.gene_key):
             raise TokenizerError(f"reader: var_key={reader.var_key!r} but the tokenizer's gene_key={tokenizer.gene_key!r}; "
                                  f"build the H5adCollection with var_key={tokenizer.gene_key!r}")
@@ -976,7 +1050,7 @@ class TokenizeTransform:
         batch['length'] = torch.from_numpy(lens)
         return batch
 
-# %% ../nbs/06_tokenizers.ipynb #47b6d180
+# %% ../nbs/06_tokenizers.ipynb #9f520522
 class BinnedTokenizer:
     "scGPT-style tokens: expressed genes (dictionary ids) and per-cell quantile bins of their values, deterministic."
     def __init__(self, token_dict, # TokenDictionary, dict or path
@@ -1028,7 +1102,7 @@ class BinnedTokenizer:
             ids.append(t); vals.append(bv)
         return {'input_ids': ids, 'values': vals}
 
-# %% ../nbs/06_tokenizers.ipynb #2a0de954
+# %% ../nbs/06_tokenizers.ipynb #930cc793
 def _expand_inputs(items) -> list[str]:
     out = []
     for it in items:
