@@ -75,7 +75,7 @@ class ProjectionHead(nn.Module):
         x = self.norm(x)
         return self.mlp(x) + self.skip(x)
 
-# %% ../nbs/12_contrastive.ipynb #4138a69b
+# %% ../nbs/12_contrastive.ipynb #e43cbbcf
 class ContrastiveModule(L.LightningModule):
     "CLIP-style alignment of morphology and transcription embeddings (symmetric InfoNCE, learnable temperature)."
     def __init__(self, morph_dim: int, # width of the morphology embedding
@@ -118,8 +118,9 @@ class ContrastiveModule(L.LightningModule):
         if self.hparams.gather_negatives and self.trainer.world_size > 1:
             gm = self.all_gather(zm, sync_grads=True).flatten(0, 1); gt = self.all_gather(zt, sync_grads=True).flatten(0, 1)
             loss = clip_loss(zm, zt, self.logit_scale, gm, gt, self.global_rank)
-        else: loss = clip_loss(zm, zt, self.logit_scale)
+        else: gm, loss = zm, clip_loss(zm, zt, self.logit_scale)
         self.log('train_loss', loss, prog_bar=True, batch_size=len(zm))
+        self.log('candidates', float(len(gm)), batch_size=len(zm))  # candidates per query: batch x ranks when gathered
         self.log('temperature', 1 / self.logit_scale.detach(), batch_size=len(zm))
         return loss
 
