@@ -28,7 +28,7 @@ export: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
 
 docs: $(STAMP)
-	$(BIN)/python tools/build_docs.py
+	$(BIN)/python tools/build_docs.py --execute
 
 bench-quick: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done

@@ -4,7 +4,10 @@ nbdev's own notebook processing (`nbdev.serve.proc_nbs`: adds and runs `show_doc
 hidden cells, handles directives) followed by nbconvert's HTML exporter, plus a navigation bar on every page.
 Users with Quarto installed keep the standard path: `nbdev_docs` (it reads `_quarto.yml`, symlinked into nbs/).
 
-    python tools/build_docs.py [--out _docs] [--force]
+    python tools/build_docs.py [--out _docs] [--force] [--execute]
+
+--execute runs every notebook first (as nbdev_test does, skipping cells flagged gpu/slow) so pages show outputs and
+plots; without it pages show what is stored in the notebooks (committed clean, so code and API docs only).
 """
 import argparse, html, json, os, re, shutil, sys, tempfile
 from pathlib import Path
@@ -78,12 +81,48 @@ body { margin-left: 250px !important; }
 a.sdl-source { float: right; font-size: smaller; }
 </style>"""
 
-def build(out: Path, force: bool=False) -> list[Path]:
+def execute_notebook(src: str, dest: str, skip_flags: str='gpu slow'):
+    "Run `src` in-process (execnb, as nbdev_test does) and write it with outputs to `dest`; cells flagged `skip_flags` are skipped."
+    from execnb.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    from fastcore.xtras import working_directory
+    from nbdev.process import NBProcessor, extract_directives
+    src, dest = Path(src), Path(dest)
+    nb = read_nb(src)
+    flags = set(skip_flags.split())
+    def skip(cell):
+        if cell.cell_type != 'code': return True
+        d = extract_directives(cell, remove=False)
+        return bool(flags & d.keys()) or d.get('eval:', [''])[0].lower() == 'false'
+    os.environ['IN_TEST'] = '1'
+    shell = CaptureShell(src)
+    with working_directory(src.parent): shell.run_all(nb, exc_stop=False, preproc=skip)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_nb(nb, dest)
+
+def execute_all(nbs_dir: Path, dest_dir: Path, n_workers: int=2):
+    "Execute every notebook of `nbs_dir` into `dest_dir` (one fresh process per notebook, `n_workers` at a time)."
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+    shutil.copytree(nbs_dir, dest_dir, symlinks=True, dirs_exist_ok=True)
+    nbs = [p for p in nbs_dir.rglob('*.ipynb') if not any(q.startswith(('_', '.')) for q in p.relative_to(nbs_dir).parts)]
+    def run(p):
+        d = dest_dir/p.relative_to(nbs_dir)
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import build_docs; build_docs.execute_notebook({str(d)!r}, {str(d)!r})"
+        r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+        print(f"  executed {p.relative_to(nbs_dir)}" + ('' if r.returncode == 0 else f" (FAILED: {r.stderr[-300:]})"), flush=True)
+    with ThreadPoolExecutor(n_workers) as ex: list(ex.map(run, nbs))
+
+def build(out: Path, force: bool=False, execute: bool=False) -> list[Path]:
     os.chdir(root)
     from nbdev.serve import proc_nbs
     import nbformat
     from nbconvert import HTMLExporter
-    proc = Path(proc_nbs(n_workers=0 if sys.platform == 'win32' else 2, force=force))
+    nbs_dir = root/'nbs'
+    if execute:
+        exec_dir = Path(tempfile.mkdtemp(prefix='spatial_dl_exec_'))/'nbs'
+        execute_all(nbs_dir, exec_dir); nbs_dir = exec_dir; force = True
+    proc = Path(proc_nbs(path=str(nbs_dir), n_workers=0 if sys.platform == 'win32' else 2, force=force))
     nbs = sorted(p for p in proc.rglob('*.ipynb') if not any(part.startswith(('_', '.')) for part in p.relative_to(proc).parts))
     if not nbs: raise SystemExit(f"no processed notebooks found in {proc}")
     loaded = []
@@ -123,6 +162,7 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--out', default=str(root/'_docs'), help='output folder (replaced atomically)')
     ap.add_argument('--force', action='store_true', help="re-process every notebook, ignoring nbdev's _proc cache")
+    ap.add_argument('--execute', action='store_true', help='run the notebooks first so pages show outputs and plots')
     a = ap.parse_args()
-    pages = build(Path(a.out).resolve(), a.force)
+    pages = build(Path(a.out).resolve(), a.force, a.execute)
     print(f"wrote {len(pages)} pages to {a.out}; open {Path(a.out)/'index.html'}")
