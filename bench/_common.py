@@ -185,10 +185,13 @@ def run_in_fresh_process(target: str, # 'package.module:function' or 'path/to/fi
     Added keys: `peak_rss_mb` (the child's own peak: VmHWM on Linux, else getrusage), `peak_rss_children_mb`
     (getrusage of its waited-for children, e.g. DataLoader workers; on Linux it includes what a worker inherited
     at fork), `peak_rss_tree_mb` (largest sampled sum of RSS over the child and its descendants, every
-    `poll_rss` s; pages shared between them count more than once; needs psutil), `wall_s`, `_import_s`, `_call_s`, `returncode`; on failure `error` (and
-    `traceback` / `stderr_tail`) instead of raising, so one broken candidate does not stop a benchmark."""
+    `poll_rss` s; pages shared between them count more than once; needs psutil), `loadavg_1m_before`, `wall_s`,
+    `_import_s`, `_call_s`, `returncode`; on failure `error` (and `traceback` / `stderr_tail`) instead of raising,
+    so one broken candidate does not stop a benchmark."""
     spec = _parse_target(target)
     spec['kwargs'] = kwargs or {}
+    try: load_before = round(os.getloadavg()[0], 2)   # how busy the machine was when this run started
+    except OSError: load_before = None
     child_env = dict(os.environ)
     for k, v in (env or {}).items():
         if v is None: child_env.pop(k, None)
@@ -233,6 +236,7 @@ def run_in_fresh_process(target: str, # 'package.module:function' or 'path/to/fi
             try: res['stderr_tail'] = Path(err_path).read_text()[-3000:]
             except OSError: pass
     res['peak_rss_tree_mb'] = round(peak_tree[0], 1) if peak_tree[0] else None
+    res['loadavg_1m_before'] = load_before
     res['wall_s'] = wall
     res['returncode'] = proc.returncode
     return res
