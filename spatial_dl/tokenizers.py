@@ -896,7 +896,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #ecef9bee
+# %% ../nbs/06_tokenizers.ipynb #a18caa80
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -929,8 +929,12 @@ def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk
                     v = obs[k][rows[j]]
                     ex[k] = None if v is None else (str(v) if obs_types[k] == 'str' else v.item() if hasattr(v, 'item') else v)
                 yield ex
-    ds = hfd.Dataset.from_generator(gen, features=_features(obs_types), cache_dir=str(Path(shard_dir).parent / 'cache'),
-                                    keep_in_memory=False)
+    try: ds = hfd.Dataset.from_generator(gen, features=_features(obs_types), cache_dir=str(Path(shard_dir).parent / 'cache'),
+                                         keep_in_memory=False)
+    except hfd.exceptions.DatasetGenerationError as e:      # surface our own error (it names the file), not HF's wrapper
+        root = e.__cause__ or e.__context__
+        if root is not None: raise root from None
+        raise
     ds.save_to_disk(str(shard_dir))
     coll.close()
     return dict(tok.stats)
@@ -964,8 +968,10 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
             except KeyError as e: raise KeyError(f"obs_keys: {e.args[0]}") from None
             kind = 'str' if coll.obs_categories(k) is not None else ('int' if v.dtype.kind in 'biu' else 'float')
             if obs_types.setdefault(k, kind) != kind: obs_types[k] = 'str' if 'str' in (kind, obs_types[k]) else 'float'
-        _Source(tokenizer, coll)
-        if tokenizer.mode == 'neighborhood': _Source(tokenizer, coll).graph(0)
+        src = _Source(tokenizer, coll)
+        if tokenizer.stformer_compat: tokenizer._compat_columns(coll.var_names, p)
+        else: tokenizer.column_map(coll.var_names)        # wrong gene_key fails here, before any work
+        if tokenizer.mode == 'neighborhood': src.graph(0)
         n_in += coll.n_obs
         jobs += [(p, i, s, min(s + rows_per_job, coll.n_obs)) for s in range(0, coll.n_obs, rows_per_job)]
         coll.close()

@@ -1,0 +1,320 @@
+"Tests for spatial_dl.tokenizers: rules against per-cell references, medians, neighbourhoods, stFormer rules, writers, bad input."
+import os, pickle, json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import anndata as ad
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+import spatial_dl.tokenizers as T
+from spatial_dl.tokenizers import (TokenDictionary, RankValueTokenizer, BinnedTokenizer, MedianAccumulator, TokenizerError,
+                                   gene_medians, save_gene_medians, load_gene_medians, tokenize_h5ad, load_example_lengths,
+                                   TokenizeTransform, tokenize_main, spatial_graph, value_key)
+from spatial_dl.readers import H5adCollection
+from spatial_dl.datasets import write_spatial_dataset, simulate_spatial, hex_neighbors
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def reference_tokens(X, genes, td, med, L, totals=None, target=1e4):
+    "Per-cell reference of the documented rule: value = count*(target/total)*(1/median), desc by value_key, ties by token id."
+    X = sp.csr_matrix(X)
+    tot = np.asarray(X.sum(1, dtype=np.float64)).ravel() if totals is None else np.asarray(totals, float)
+    tok = td.lookup(genes)
+    out = []
+    for i in range(X.shape[0]):
+        a, b = X.indptr[i], X.indptr[i + 1]
+        if tot[i] <= 0: out.append([]); continue
+        c, d = X.indices[a:b], X.data[a:b].astype(np.float64)
+        ok = np.array([tok[j] >= 0 and genes[j] in med for j in c], bool) & (d > 0)
+        c, d = c[ok], d[ok]
+        v = d * (target / tot[i]) * np.array([1.0 / med[genes[j]] for j in c])
+        t = tok[c]
+        out.append(t[np.lexsort((t, -value_key(v)))][:L].tolist())
+    return out
+
+
+@pytest.fixture(scope='module')
+def slides(tmp_path_factory):
+    d = tmp_path_factory.mktemp('slides')
+    return write_spatial_dataset(d, n_samples=2, n_rows=12, n_cols=12, n_genes=200, seed=1)
+
+
+@pytest.fixture(scope='module')
+def vocab(slides):
+    med = gene_medians(slides, progress=False)
+    return TokenDictionary.build(sorted(med), True, True), med
+
+
+@pytest.fixture(params=['numpy'] + (['numba'] if T._numba_fill() is not None else []))
+def engine(request, monkeypatch):
+    "Run a test with the pure numpy steps and (when numba is importable) the fused numba pass."
+    if request.param == 'numpy': monkeypatch.setattr(T, '_NUMBA', False)
+    return request.param
+
+
+# ------------------------------------------------------------------------------------------------ rank-value rules
+counts = st.integers(0, 5)
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_block_matches_per_cell_reference(data, engine):
+    n, g = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 15))
+    X = np.array(data.draw(st.lists(st.lists(counts, min_size=g, max_size=g), min_size=n, max_size=n)), np.float32)
+    genes = [f"g{j}" for j in range(g)]
+    med = {f"g{j}": float(data.draw(st.sampled_from([0.5, 1.0, 2.0, 3.0]))) for j in range(g) if data.draw(st.booleans()) or j == 0}
+    td = TokenDictionary.build(data.draw(st.permutations(genes)))
+    L = data.draw(st.integers(1, 20))
+    tok = RankValueTokenizer(td, med, L)
+    got = [a.tolist() for a in tok.tokenize_block(sp.csr_matrix(X), genes)]
+    assert got == reference_tokens(X, genes, td, med, L)
+    assert tok.stats['zero_cells'] == int((X.sum(1) == 0).sum())
+
+
+def test_column_order_and_block_split_do_not_matter(vocab, slides, engine):
+    td, med = vocab
+    a = ad.read_h5ad(slides[0])
+    tok = RankValueTokenizer(td, med, 64)
+    full = tok.tokenize_adata(a)
+    perm = np.random.default_rng(0).permutation(a.n_vars)
+    permuted = tok.tokenize_block(a.X[:, perm], a.var_names[perm])
+    halves = tok.tokenize_block(a.X[:50], a.var_names) + tok.tokenize_block(a.X[50:], a.var_names)
+    assert all(np.array_equal(x, y) for x, y in zip(full, permuted))
+    assert all(np.array_equal(x, y) for x, y in zip(full, halves))
+    assert full == full and all(len(x) == min(64, np.diff(a.X.indptr)[i]) for i, x in enumerate(full))
+
+
+def test_truncation_framing_and_unknown_genes():
+    td = TokenDictionary.build(['a', 'b', 'c'], cls_token=True, eos_token=True)      # a=4, b=5, c=6
+    med = {'a': 1.0, 'b': 1.0, 'c': 1.0}
+    X = sp.csr_matrix(np.array([[3, 2, 1, 7]], np.float32))                         # 'zz' is unknown
+    genes = ['a', 'b', 'c', 'zz']
+    assert RankValueTokenizer(td, med, 2).tokenize_block(X, genes)[0].tolist() == [4, 5]
+    assert RankValueTokenizer(td, med, 4, special_tokens=True).tokenize_block(X, genes)[0].tolist() == [2, 4, 5, 3]
+    assert RankValueTokenizer(td, med, 3, special_tokens=True).tokenize_block(X, genes)[0].tolist() == [2, 4, 3]
+    t = RankValueTokenizer(td, med, 8); t.tokenize_block(X, genes)
+    assert t.stats['unknown_genes'] == 1
+    # the total includes the unknown gene's counts (whole-transcriptome total), as Geneformer's n_counts does
+    assert t.tokenize_block(X, genes, totals=[13.0])[0].tolist() == [4, 5, 6]
+
+
+def test_ties_break_by_token_id_whatever_the_dictionary_order():
+    X = sp.csr_matrix(np.array([[2, 2, 2]], np.float32))
+    for order in (['x', 'y', 'z'], ['z', 'x', 'y']):
+        td = TokenDictionary.build(order)
+        ids = RankValueTokenizer(td, {'x': 1., 'y': 1., 'z': 1.}, 5).tokenize_block(X, ['x', 'y', 'z'])[0]
+        assert ids.tolist() == sorted(ids.tolist())
+
+
+def test_duplicate_gene_columns_are_summed():
+    td = TokenDictionary.build(['a', 'b'])
+    X = sp.csr_matrix(np.array([[3, 2, 2]], np.float32))      # b appears twice: 4 > 3
+    assert RankValueTokenizer(td, {'a': 1., 'b': 1.}, 5).tokenize_block(X, ['a', 'b', 'b'])[0].tolist() == [3, 2]
+
+
+# ------------------------------------------------------------------------------------------------ medians
+@pytest.mark.parametrize('chunk', [7, 64, 10_000])
+def test_streaming_medians_equal_exact(slides, chunk):
+    adatas = [ad.read_h5ad(p) for p in slides]
+    X = sp.vstack([a.X for a in adatas]).tocsc()
+    tot = np.concatenate([np.asarray(a.X.sum(1, dtype=np.float64)).ravel() for a in adatas])
+    exact = {}
+    for j, g in enumerate(adatas[0].var_names):
+        c = X[:, j]; v = c.data.astype(np.float64) / tot[c.indices] * 1e4; v = v[v > 0]
+        if len(v): exact[g] = float(np.median(v))
+    for method in ('exact', 'two-pass'):
+        got = gene_medians(slides, method=method, chunk_size=chunk, progress=False)
+        assert got.keys() == exact.keys()
+        assert all(abs(got[g] - exact[g]) <= 1e-12 * exact[g] for g in exact)
+    hist = gene_medians(slides, method='histogram', chunk_size=chunk, progress=False)
+    assert max(abs(hist[g] / exact[g] - 1) for g in exact) < 10 ** 0.01 - 1
+
+
+def test_medians_merge_in_any_order_and_in_parallel(slides):
+    one = gene_medians(slides, progress=False)
+    rev = gene_medians(slides[::-1], progress=False)
+    par = gene_medians(slides, num_workers=2, method='two-pass', progress=False)
+    assert one == rev
+    assert all(abs(par[g] - one[g]) <= 1e-12 * one[g] for g in one)
+
+
+def test_medians_pickle_roundtrip_and_bad_files(tmp_path):
+    p = save_gene_medians({'ENSG1': 2.5, 'ENSG2': 1}, tmp_path / 'm.pkl')
+    assert load_gene_medians(p) == {'ENSG1': 2.5, 'ENSG2': 1.0}
+    with open(tmp_path / 'bad.pkl', 'wb') as f: pickle.dump({'g': 0.0}, f)
+    with pytest.raises(TokenizerError, match='bad.pkl: 1 medians are not positive'): load_gene_medians(tmp_path / 'bad.pkl')
+    with open(tmp_path / 'list.pkl', 'wb') as f: pickle.dump([1], f)
+    with pytest.raises(TokenizerError, match='expected a pickled dict'): load_gene_medians(tmp_path / 'list.pkl')
+
+
+def test_token_dictionary_reads_geneformer_style_pickle(tmp_path):
+    with open(tmp_path / 'td.pkl', 'wb') as f: pickle.dump({'<pad>': 0, '<mask>': 1, '<cls>': 2, '<eos>': 3, 'ENSG0001': 4}, f)
+    td = TokenDictionary.load(tmp_path / 'td.pkl')
+    assert (td.cls_id, td.eos_id, td['ENSG0001'], td.genes) == (2, 3, 4, ['ENSG0001'])
+    td.save(tmp_path / 'td.json')
+    assert json.loads((tmp_path / 'td.json').read_text()) == td.to_dict()
+
+
+# ------------------------------------------------------------------------------------------------ neighbourhoods
+def test_neighborhood_on_hex_grid_with_known_neighbours():
+    a = simulate_spatial(n_samples=1, n_rows=6, n_cols=6, n_genes=40, seed=2, with_graph=True)[0]
+    A = hex_neighbors(6, 6)
+    med = {g: 1.0 + (i % 5) for i, g in enumerate(a.var_names)}
+    td = TokenDictionary.build(a.var_names)
+    L = 30
+    got = RankValueTokenizer(td, med, L, mode='neighborhood').tokenize_adata(a)
+    X = a.X.toarray().astype(np.float64)
+    genes = list(a.var_names)
+    tot = X.sum(1)
+    for i in (0, 7, 20, 35):
+        nb = A[i].indices
+        assert 2 <= len(nb) <= 6
+        spot = reference_tokens(X[i:i + 1], genes, td, med, L)[0]
+        neigh = reference_tokens(X[nb].sum(0, keepdims=True), genes, td, med, L, totals=[tot[nb].sum()])[0]
+        assert got[i].tolist() == spot + neigh
+
+
+@pytest.mark.parametrize('method,kw', [('delaunay', {}), ('knn', {'n_neighbors': 3}), ('radius', {'radius': 1.5})])
+def test_spatial_graphs_are_symmetric_without_self_loops(method, kw):
+    xy = np.random.default_rng(0).random((60, 2)) * 6
+    A = spatial_graph(xy, method, **kw)
+    assert (A != A.T).nnz == 0 and A.diagonal().sum() == 0 and set(np.unique(A.data)) == {1.0}
+    if method == 'radius':
+        d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+        assert A.nnz == int(((d <= 1.5) & (d > 0)).sum())
+
+
+def test_neighborhood_needs_coordinates(tmp_path):
+    a = ad.AnnData(sp.csr_matrix(np.ones((3, 2), np.float32)), var=pd.DataFrame(index=['a', 'b']))
+    tok = RankValueTokenizer(TokenDictionary.build(['a', 'b']), {'a': 1, 'b': 1}, 4, mode='neighborhood')
+    with pytest.raises(TokenizerError, match=r"s9.h5ad: mode='neighborhood' needs obsp"): tok.tokenize_adata(a, where='s9.h5ad')
+    a.obsm['spatial'] = np.array([[0, 0], [1, np.nan], [2, 0]])
+    with pytest.raises(TokenizerError, match='1 spots have missing'): tok.tokenize_adata(a, where='s9.h5ad')
+
+
+# ------------------------------------------------------------------------------------------------ stFormer rules
+def test_stformer_compat_hand_worked():
+    # genes a,b,c,d with medians 1,2,1,1; spot 0 counts (4,4,0,0), n_counts 8 → a: 5000, b: 2500, then fillers c, d
+    td = TokenDictionary.build(['a', 'b', 'c', 'd'])                       # ids 2..5
+    med = {'a': 1., 'b': 2., 'c': 1., 'd': 1.}
+    X = sp.csr_matrix(np.array([[4, 4, 0, 0], [0, 0, 6, 2], [1, 0, 0, 0]], np.float32))
+    obs = pd.DataFrame({'n_counts': [8.0, 8.0, 0.9]}, index=['s0', 's1', 's2'])   # 0.9 → int 0 → dropped
+    a = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=['a', 'b', 'c', 'd']))
+    a.obsp['spatial_connectivities'] = sp.csr_matrix(np.array([[0, 1, 1], [1, 0, 0], [1, 0, 0]], np.float32))
+    tok = RankValueTokenizer(td, med, 2, mode='neighborhood', stformer_compat=True)
+    out = tok.tokenize_adata(a)
+    assert out[2].tolist() == [] and tok.stats['zero_cells'] == 1
+    assert out[0][:2].tolist() == [2, 3]            # a (5000) then b (2500)
+    # spot 0's neighbours: spot 1 only (spot 2 was dropped with n_counts 0): c=6, d=2 over spot 0's total → [c, d]
+    assert out[0][2:].tolist() == [4, 5]
+    assert out[1][:2].tolist() == [4, 5] and out[1][2:].tolist() == [2, 3]
+    assert all(len(o) == 4 for o in out[:2])         # always min(n_genes, L) per part: fillers included
+
+
+def test_stformer_compat_zero_fillers_and_normalized_detection():
+    td = TokenDictionary.build(['a', 'b', 'c'])
+    med = {'a': 1., 'b': 4., 'c': 1.}
+    raw = sp.csr_matrix(np.array([[0, 4, 0]], np.float32))
+    out = RankValueTokenizer(td, med, 10, stformer_compat=True).tokenize_block(raw, ['a', 'b', 'c'])[0]
+    assert out[0] == 3 and sorted(out[1:].tolist()) == [2, 4]       # b first, then both unexpressed genes as fillers
+    norm = sp.csr_matrix(np.array([[0.5, 1.5, 0.25]], np.float32))  # non-integer row sum: values divided by medians only
+    out = RankValueTokenizer(td, med, 10, stformer_compat=True).tokenize_block(norm, ['a', 'b', 'c'])[0]
+    assert out.tolist() == [2, 3, 4]                                # 0.5, 0.375, 0.25
+    with pytest.raises(TokenizerError, match='non-integer'): RankValueTokenizer(td, med, 10).tokenize_block(norm, ['a', 'b', 'c'])
+    assert RankValueTokenizer(td, med, 10, allow_normalized=True).tokenize_block(norm, ['a', 'b', 'c'])[0].tolist() == [2, 3, 4]
+
+
+def test_stformer_delaunay_counts_shared_edges_twice():
+    xy = np.array([[0, 0], [1, 0], [0, 1], [1, 1.1]])
+    A = T._stformer_delaunay(xy)
+    assert sorted(np.unique(A.data).tolist()) == [1.0, 2.0] and A.sum() == 2 * 6   # 5 edges, the diagonal shared by 2 triangles
+    assert set(np.unique(spatial_graph(xy).data).tolist()) == {1.0}
+
+
+# ------------------------------------------------------------------------------------------------ on disk / on the fly
+@pytest.mark.parametrize('mode', ['spot', 'neighborhood'])
+def test_on_disk_equals_on_the_fly_across_ranks_and_workers(tmp_path, slides, vocab, mode):
+    from datasets import load_from_disk
+    from spatial_dl.loaders import AnnDataset, make_dataloader
+    td, med = vocab
+    tok = RankValueTokenizer(td, med, 40, mode=mode, special_tokens=True)
+    s = tokenize_h5ad(slides, tmp_path / 'ds', tok, obs_keys=['region'], chunk_size=50, rows_per_job=100, progress=False)
+    ds = load_from_disk(str(tmp_path / 'ds'))
+    assert s['cells_written'] == len(ds) == 288 and load_example_lengths(tmp_path / 'ds') == ds['length']
+    assert all(x[0] == td.cls_id and x[-1] == td.eos_id for x in ds['input_ids'])
+    disk = {(f, r): x for f, r, x in zip(ds['source_file'], ds['source_row'], ds['input_ids'])}
+    seen = []
+    for rank in (0, 1):
+        reader = H5adCollection(slides)
+        dset = AnnDataset(reader, batch_size=32, strategy='random', seed=3, rank=rank, world_size=2,
+                          before_dense=TokenizeTransform(tok, reader))
+        for b in make_dataloader(dset, num_workers=2):
+            for g, ids, l in zip(b['index'].tolist(), b['input_ids'], b['length'].tolist()):
+                f = int(np.searchsorted(reader.offsets, g, side='right') - 1)
+                assert ids[:l].tolist() == disk[(f, g - int(reader.offsets[f]))]
+                assert (ids[l:] == td.pad_id).all()
+                seen.append(g)
+    assert sorted(seen) == list(range(288))
+
+
+def test_writer_drops_zero_cells_and_counts_unknown_genes(tmp_path, vocab):
+    td, med = vocab
+    a = simulate_spatial(n_samples=1, n_rows=4, n_cols=4, n_genes=200, seed=1)[0]
+    X = a.X.tolil(); X[3] = 0; a.X = X.tocsr()
+    a.var_names = [f"x{i}" if i < 5 else g for i, g in enumerate(a.var_names)]   # 5 genes unknown to the dictionary
+    a.write_h5ad(tmp_path / 'z.h5ad')
+    with pytest.warns(UserWarning, match='dropped 1 zero-count'):
+        s = tokenize_h5ad([tmp_path / 'z.h5ad'], tmp_path / 'out', RankValueTokenizer(td, med, 16), progress=False)
+    assert (s['cells_in'], s['cells_written'], s['zero_cells_dropped'], s['unknown_gene_columns']) == (16, 15, 1, 5)
+    assert json.loads((tmp_path / 'out' / 'tokenize_summary.json').read_text())['cells_written'] == 15
+
+
+def test_bad_input_is_named(tmp_path, slides, vocab):
+    td, med = vocab
+    tok = RankValueTokenizer(td, med, 16, total_key='total_umis')
+    with pytest.raises(KeyError, match="total_key: .*s0.h5ad: obs key 'total_umis' not found"):
+        tokenize_h5ad(slides[:1], tmp_path / 'o1', tok, progress=False)
+    with pytest.raises(KeyError, match="var_key 'gene_ids' not in var"):
+        tokenize_h5ad(slides[:1], tmp_path / 'o2', RankValueTokenizer(td, med, 16, gene_key='gene_ids'), progress=False)
+    with pytest.raises(TokenizerError, match='wrong gene_key'):
+        tokenize_h5ad(slides[:1], tmp_path / 'o3', RankValueTokenizer(td, med, 16, gene_key='ensembl_id'), progress=False)
+    a = ad.read_h5ad(slides[0]); a.X = a.X * 0.5; a.write_h5ad(tmp_path / 'norm.h5ad')
+    with pytest.raises(TokenizerError, match='norm.h5ad: X holds non-integer values'):
+        tokenize_h5ad([tmp_path / 'norm.h5ad'], tmp_path / 'o4', RankValueTokenizer(td, med, 16), progress=False)
+    s = tokenize_h5ad([tmp_path / 'norm.h5ad'], tmp_path / 'o5', RankValueTokenizer(td, med, 16, allow_normalized=True), progress=False)
+    assert s['cells_written'] == 144
+    with pytest.raises(TokenizerError, match='model_input_size=2 leaves no room'): RankValueTokenizer(td, med, 2, special_tokens=True)
+    with pytest.raises(ValueError, match='model_input_size must be a positive integer'): RankValueTokenizer(td, med, 0)
+    assert not (tmp_path / 'o1').exists() and not any(p.name.startswith('.o') for p in tmp_path.iterdir())   # nothing half-written
+
+
+def test_cli_end_to_end(tmp_path, slides):
+    out = tmp_path / 'tok'
+    rc = tokenize_main([str(Path(slides[0]).parent), '--out', str(out), '--mode', 'neighborhood', '--input-size', '24',
+                        '--special-tokens', '--obs-keys', 'cell_type', 'sample', '--neighbors', 'knn', '--n-neighbors', '4', '--quiet'])
+    assert rc == 0
+    from datasets import load_from_disk
+    ds = load_from_disk(str(out))
+    td = TokenDictionary.load(out / 'token_dictionary.pkl')
+    assert len(ds) == 288 and set(ds.column_names) >= {'input_ids', 'length', 'cell_type', 'sample'}
+    assert max(ds['length']) <= 48 and td.cls_id == 2 and ds[0]['input_ids'][0] == 2
+    assert tokenize_main([str(tmp_path / 'missing.h5ad'), '--out', str(tmp_path / 'x'), '--quiet']) == 2
+
+
+# ------------------------------------------------------------------------------------------------ binned
+@settings(max_examples=40, deadline=None)
+@given(vals=st.lists(st.integers(1, 6), min_size=1, max_size=30), n_bins=st.integers(3, 12))
+def test_binned_is_deterministic_monotone_and_in_range(vals, n_bins):
+    genes = [f"g{i}" for i in range(len(vals))]
+    bt = BinnedTokenizer(TokenDictionary.build(genes), n_bins=n_bins)
+    X = sp.csr_matrix(np.array([vals], np.float32))
+    b = bt.tokenize_block(X, genes)['values'][0]
+    assert b.min() >= 1 and b.max() <= n_bins - 1
+    v = np.array(vals)
+    for i in range(len(v)):
+        for j in range(len(v)):
+            if v[i] == v[j]: assert b[i] == b[j]
+            if v[i] < v[j]: assert b[i] <= b[j]
+    assert np.array_equal(b, bt.tokenize_block(X, genes)['values'][0])
