@@ -161,13 +161,14 @@ def batch_composition(strategy: ShuffleStrategy, # the strategy to plan with
     sizes, *_, counts = _batch_metrics(cb, np.bincount(codes, minlength=len(classes)))
     return pd.DataFrame(counts / sizes[:, None], columns=classes)
 
-# %% ../nbs/05_randomness.ipynb #10d9faca
+# %% ../nbs/05_randomness.ipynb #7aea3140
 def default_strategies(block_size: int=16, # block size of the block strategy
                        fetch_factor: int=16, # fetch factor of the block and random strategies
                       ) -> dict:
-    "Sequential, block and random strategies, by name — the three orders the plots compare."
+    "Sequential, plain block, (stratified) block and random strategies, by name — the orders the plots compare."
     return {'sequential': SequentialShuffleStrategy(fetch_factor),
-            f'block {block_size} / fetch {fetch_factor}': BlockShuffleStrategy(block_size, fetch_factor),
+            f'plain block {block_size} / fetch {fetch_factor}': BlockShuffleStrategy(block_size, fetch_factor, stratified=False),
+            f'block {block_size} / fetch {fetch_factor} (stratified)': BlockShuffleStrategy(block_size, fetch_factor),
             'random': RandomShuffleStrategy(fetch_factor)}
 
 def plot_composition(labels, # one label per row
@@ -210,7 +211,7 @@ def predicted_tv(tv_ideal: float, # the ideal TV at this batch size (`ideal_mixi
     bs, ff = check_positive_int(block_size, 'block_size'), check_positive_int(fetch_factor, 'fetch_factor')
     return float(min(tv_ideal * np.sqrt(1 + (bs - 1) / ff), tv_max))
 
-# %% ../nbs/05_randomness.ipynb #d553700d
+# %% ../nbs/05_randomness.ipynb #ce904225
 def plan_image(strategy: ShuffleStrategy, # the strategy to draw
                n: int, # rows in the file
                batch_size: int, # mini-batch size
@@ -249,35 +250,39 @@ def plot_plans(n: int=512, # rows in the file
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_randomness.ipynb #5ac8bc6d
+# %% ../nbs/05_randomness.ipynb #34ff23d7
 def mixing_grid(labels, # one label per row
                 batch_size: int, # rows per mini-batch
                 block_sizes: Sequence[int]=(1, 4, 16, 64, 256), # block sizes to try
                 fetch_factors: Sequence[int]=(1, 4, 16), # fetch factors to try
                 seed: int=0, # plan seed
                 epoch: int=0, # plan epoch
+                stratified: Sequence[bool]=(False, True), # plain and/or stratified block orders
                ) -> pd.DataFrame:
-    "Mean TV / entropy / distinct and rows per contiguous run for every (block_size, fetch_factor) pair."
+    "Mean TV / entropy / distinct and rows per contiguous run for every (block_size, fetch_factor, stratified) triple."
     out = []
-    for bs in block_sizes:
-        for ff in fetch_factors:
-            s = mixing_report(BlockShuffleStrategy(bs, ff), labels, batch_size, seed, epoch).attrs['summary']
-            out.append(dict(block_size=bs, fetch_factor=ff, blocks_per_fetch=ff * batch_size / bs, **s))
+    for st in stratified:
+        for bs in block_sizes:
+            for ff in fetch_factors:
+                s = mixing_report(BlockShuffleStrategy(bs, ff, stratified=st), labels, batch_size, seed, epoch).attrs['summary']
+                out.append(dict(stratified=bool(st), block_size=bs, fetch_factor=ff, blocks_per_fetch=ff * batch_size / bs, **s))
     df = pd.DataFrame(out)
     df.attrs['ideal'] = ideal_mixing(labels, batch_size)
     p = np.unique(np.asarray(labels), return_counts=True)[1] / len(labels)
-    df['tv_predicted'] = [predicted_tv(df.attrs['ideal']['tv'], bs, ff, float((p * (1 - p)).sum()))
-                          for bs, ff in zip(df.block_size, df.fetch_factor)]
+    df['tv_predicted_plain'] = [predicted_tv(df.attrs['ideal']['tv'], bs, ff, float((p * (1 - p)).sum()))
+                                for bs, ff in zip(df.block_size, df.fetch_factor)]
     return df
 
 def plot_mixing_grid(grid: pd.DataFrame, # the output of `mixing_grid`
                     ):
-    "TV (measured, and predicted dotted) and rows per read run against block size, one line per fetch factor; dashed: the ideal."
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    for ff, g in grid.groupby('fetch_factor'):
-        line, = a1.plot(g.block_size, g.tv, 'o-', label=f'fetch factor {ff}')
-        if 'tv_predicted' in g: a1.plot(g.block_size, g.tv_predicted, ':', c=line.get_color(), lw=1)
-        a2.plot(g.block_size, g.rows_per_run, 'o-', label=f'fetch factor {ff}')
+    "TV and rows per read run against block size; colour = fetch factor, solid = stratified, dotted = plain; dashed black: the ideal."
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, (ff, g) in enumerate(grid.groupby('fetch_factor')):
+        for st, gg in g.groupby('stratified'):
+            style = dict(c=f'C{i}', ls='-' if st else ':', marker='o' if st else 'x')
+            label = f'fetch factor {ff}, ' + ('stratified' if st else 'plain')
+            a1.plot(gg.block_size, gg.tv, label=label, **style)
+            a2.plot(gg.block_size, gg.rows_per_run, label=label, **style)
     a1.axhline(grid.attrs['ideal']['tv'], ls='--', c='k', lw=1, label='full random (ideal)')
     a1.set(xscale='log', xlabel='block size (rows)', ylabel='mean TV per batch (lower = better mixed)', ylim=(0, None))
     a2.set(xscale='log', yscale='log', xlabel='block size (rows)', ylabel='rows per contiguous read run')
@@ -285,7 +290,7 @@ def plot_mixing_grid(grid: pd.DataFrame, # the output of `mixing_grid`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_randomness.ipynb #5858ab0a
+# %% ../nbs/05_randomness.ipynb #5ff0bb98
 def load_bench_results(path: str|Path|None=None, # a `--json` output of `bench/loaders.py`; searched upwards from the cwd when None
                       ) -> dict|None:
     "The loader benchmark's JSON as a dict (`bench/results/loaders.json`, else `loaders_quick.json`), or None when absent."
@@ -321,7 +326,7 @@ def plot_bench_tradeoff(bench: dict, # the output of `load_bench_results`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_randomness.ipynb #9a1769b3
+# %% ../nbs/05_randomness.ipynb #287f7cbe
 def mixing_explorer(labels, # one label per row
                     block_sizes: Sequence[int]=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), # slider stops for block size
                     fetch_factors: Sequence[int]=(1, 2, 4, 8, 16, 32, 64), # slider stops for fetch factor

@@ -193,7 +193,7 @@ def _rank_batches(n: int, b: int, w: int, drop_last: bool, pad: bool) -> int:
                          f"use pad=True or drop_last=True")
     return k
 
-# %% ../nbs/02_shuffle.ipynb #8998309c
+# %% ../nbs/02_shuffle.ipynb #9554937a
 _ORDER, _MIX = 0x0D, 0x31  # stream keys for make_rng: the global order, the in-fetch shuffles
 
 def _cyclic(n: int, lo: int, hi: int, piece) -> np.ndarray:
@@ -214,12 +214,13 @@ class ShuffleStrategy(ABC):
         self.fetch_factor = check_positive_int(fetch_factor, 'fetch_factor')
 
     @abstractmethod
-    def order(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        "Positions `0..n-1` in this epoch's global delivery order."
+    def order(self, n: int, rng: np.random.Generator, batch_size: int=1) -> np.ndarray:
+        "Positions `0..n-1` in this epoch's global delivery order (`batch_size` sizes the fetches, if that matters)."
 
-    def order_range(self, n: int, rng: np.random.Generator, lo: int, hi: int) -> np.ndarray:
-        "Slots `lo..hi-1` of `order(n, rng)` read cyclically (slot `j` is `order[j % n]`); overridden to save memory."
-        return _cyclic(n, lo, hi, lambda a, b: self.order(n, rng)[a:b])
+    def order_range(self, n: int, rng: np.random.Generator, lo: int, hi: int, batch_size: int=1) -> np.ndarray:
+        "Slots `lo..hi-1` of `order(n, rng, batch_size)` read cyclically (slot `j` is `order[j % n]`); overridden to save memory."
+        full = self.order(n, rng, batch_size)
+        return _cyclic(n, lo, hi, lambda a, b: full[a:b])
 
     @property
     def mixer(self) -> Callable|None:
@@ -286,7 +287,7 @@ class ShuffleStrategy(ABC):
             lo = dist.rank * per + min(dist.rank, extra)
             hi = lo + per + (dist.rank < extra)
             sizes = _ragged_sizes(hi - lo, b, k)
-        mine = self.order_range(n, make_rng(seed, epoch, _ORDER), lo, hi)   # pad: slots past n wrap to the start
+        mine = self.order_range(n, make_rng(seed, epoch, _ORDER), lo, hi, b)   # pad: slots past n wrap to the start
         cuts = _fetch_cuts(len(mine), b, k, self.fetch_factor, sizes)
         if self.shuffle_in_fetch: mine = _shuffle_segments(mine, cuts, make_rng(seed, epoch, _MIX, dist.rank))
         rows = mine if idx is None else idx[mine]
@@ -306,7 +307,7 @@ class ShuffleStrategy(ABC):
         return list(self.plan(indices, batch_size, seed, epoch, dist, drop_last, pad).fetches)
 
     def __repr__(self):
-        args = ', '.join(f"{k}={v!r}" for k, v in vars(self).items())
+        args = ', '.join(f"{k}={v!r}" for k, v in vars(self).items() if k != 'name')
         return f"{type(self).__name__}({args})"
 
 # %% ../nbs/02_shuffle.ipynb #75aa6052
@@ -338,18 +339,33 @@ def _shuffle_segments(a: np.ndarray, cuts: np.ndarray, rng: np.random.Generator)
     for lo, hi in zip(cuts[same:-1], cuts[same + 1:]): out[lo:hi] = rng.permutation(out[lo:hi])
     return out
 
-# %% ../nbs/02_shuffle.ipynb #385bb168
+# %% ../nbs/02_shuffle.ipynb #cdc2170b
 class SequentialShuffleStrategy(ShuffleStrategy):
     "Rows in the given order, cut into fetches of `fetch_factor × batch_size` rows; no shuffling."
     name = 'sequential'
-    def order(self, n, rng): return np.arange(n, dtype=np.int64)
-    def order_range(self, n, rng, lo, hi): return np.arange(lo, hi, dtype=np.int64) % n
+    def order(self, n, rng, batch_size=1): return np.arange(n, dtype=np.int64)
+    def order_range(self, n, rng, lo, hi, batch_size=1): return np.arange(lo, hi, dtype=np.int64) % n
 
-# %% ../nbs/02_shuffle.ipynb #b9ee7b05
-def _block_order(n: int, bs: int, rng: np.random.Generator) -> np.ndarray:
+# %% ../nbs/02_shuffle.ipynb #f161651a
+def _block_perm(nb: int, rng: np.random.Generator, strata: int=1) -> np.ndarray:
+    "Block ids `0..nb-1` in random order; with `strata > 1`, any `strata` consecutive ids come from different strata."
+    if strata <= 1 or nb <= 1: return rng.permutation(nb).astype(np.int64)
+    m = min(strata, nb)
+    start = np.arange(m, dtype=np.int64) * nb // m          # m strata of q or q+1 consecutive blocks, the longer
+    size = np.diff(np.r_[start, nb])                        # ones evenly spread over the file
+    q = nb // m
+    keys = rng.random((m, q + 1))
+    short = size == q
+    keys[short, q] = 2.0                                    # a stratum of q blocks: its missing slot sorts last
+    ids = start[:, None] + np.argsort(keys, axis=1)         # a random order of each stratum's blocks
+    ids[short, q] = -1
+    flat = ids.T.ravel()                                    # column j: one block of every stratum, strata in turn
+    return flat[flat >= 0]                                  # only the last column has holes (evenly spread)
+
+def _block_order(n: int, bs: int, rng: np.random.Generator, strata: int=1) -> np.ndarray:
     "Positions `0..n-1` as randomly ordered contiguous blocks of `bs` (the last block may be short)."
     nb = -(-n // bs)
-    out = (rng.permutation(nb).astype(np.int64)[:, None] * bs + np.arange(bs, dtype=np.int64)).ravel()
+    out = (_block_perm(nb, rng, strata)[:, None] * bs + np.arange(bs, dtype=np.int64)).ravel()
     return out if nb * bs == n else out[out < n]            # only the short last block overflows: drop its tail
 
 def _block_range(n: int, bs: int, perm: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -365,36 +381,44 @@ def _block_range(n: int, bs: int, perm: np.ndarray, lo: int, hi: int) -> np.ndar
     a = lo - start(t0)
     return out[a:a + hi - lo]
 
-def _block_order_range(n: int, bs: int, rng: np.random.Generator, lo: int, hi: int) -> np.ndarray:
-    "Cyclic slots `lo..hi-1` of `_block_order(n, bs, rng)` from the block permutation alone (memory ∝ n/bs + hi-lo)."
-    perm = rng.permutation(-(-n // bs)).astype(np.int64)
+def _block_order_range(n: int, bs: int, rng: np.random.Generator, lo: int, hi: int, strata: int=1) -> np.ndarray:
+    "Cyclic slots `lo..hi-1` of `_block_order(n, bs, rng, strata)` from the block permutation alone (memory ∝ n/bs + hi-lo)."
+    perm = _block_perm(-(-n // bs), rng, strata)
     return _cyclic(n, lo, hi, lambda a, b: _block_range(n, bs, perm, a, b))
 
 class BlockShuffleStrategy(ShuffleStrategy):
-    "Random contiguous blocks of `block_size` rows, grouped into fetches of `fetch_factor × batch_size` rows shuffled in memory."
+    "Random contiguous blocks of `block_size` rows (stratified over the file by default), grouped into fetches of `fetch_factor × batch_size` rows shuffled in memory."
     name = 'block'
     shuffle_in_fetch = True
     def __init__(self, block_size: int=16, # contiguous rows per block (1 = full random order)
                  fetch_factor: int=16, # mini-batches per fetch
+                 stratified: bool=True, # one block from each 1/m of the file per m blocks (see below); False = plain
                 ):
         self.block_size = check_positive_int(block_size, 'block_size')
         super().__init__(fetch_factor)
-    def order(self, n, rng): return _block_order(n, self.block_size, rng)
-    def order_range(self, n, rng, lo, hi): return _block_order_range(n, self.block_size, rng, lo, hi)
+        if not isinstance(stratified, (bool, np.bool_)): raise ValueError(f"stratified must be True or False, got {stratified!r}")
+        self.stratified = bool(stratified)
+        if not self.stratified: self.name = 'plain block'
+    def _strata(self, batch_size: int) -> int:
+        "Blocks per fetch, used as the number of strata when `stratified`."
+        return max(1, round(self.fetch_factor * batch_size / self.block_size)) if self.stratified else 1
+    def order(self, n, rng, batch_size=1): return _block_order(n, self.block_size, rng, self._strata(batch_size))
+    def order_range(self, n, rng, lo, hi, batch_size=1):
+        return _block_order_range(n, self.block_size, rng, lo, hi, self._strata(batch_size))
 
-# %% ../nbs/02_shuffle.ipynb #62a65891
+# %% ../nbs/02_shuffle.ipynb #d613b525
 class RandomShuffleStrategy(ShuffleStrategy):
     "A full random permutation of the rows each epoch, cut into fetches of `fetch_factor × batch_size` rows."
     name = 'random'
-    def order(self, n, rng):
+    def order(self, n, rng, batch_size=1):
         a = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)   # int32 halves the memory of the permutation
         rng.shuffle(a)
         return a
-    def order_range(self, n, rng, lo, hi):
+    def order_range(self, n, rng, lo, hi, batch_size=1):
         full = self.order(n, rng)
         return _cyclic(n, lo, hi, lambda a, b: full[a:b].astype(np.int64))
 
-# %% ../nbs/02_shuffle.ipynb #28e10cef
+# %% ../nbs/02_shuffle.ipynb #e3ae4398
 def plan_world(strategy: ShuffleStrategy, # the strategy to plan with
                indices, # an int `n` or global row ids
                batch_size: int, # mini-batch size

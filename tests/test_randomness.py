@@ -82,15 +82,17 @@ def test_orders_rank_as_expected_on_sorted_file():
     labels = sorted_labels()
     tv = {name: mixing_report(s, labels, 256).attrs['summary']['tv'] for name, s in default_strategies(16, 16).items()}
     ideal = ideal_mixing(labels, 256)['tv']
-    seq, blk, rnd = tv['sequential'], tv['block 16 / fetch 16'], tv['random']
-    assert seq > 0.7 and blk < 0.5 * seq and abs(rnd - ideal) < 0.01 and blk > rnd
+    seq, plain, strat, rnd = (tv['sequential'], tv['plain block 16 / fetch 16'], tv['block 16 / fetch 16 (stratified)'],
+                              tv['random'])
+    assert seq > 0.7 and plain < 0.5 * seq and abs(rnd - ideal) < 0.01 and plain > rnd + 0.02
+    assert abs(strat - ideal) < 0.01                                  # stratified blocks mix like a permutation
 
 
 @pytest.mark.parametrize('bs, ff', [(4, 16), (16, 16), (16, 64), (8, 32), (2, 4)])
 def test_predicted_tv_close_to_measured(bs, ff):
     labels = sorted_labels(50_000)
     ideal = ideal_mixing(labels, 256)['tv']
-    measured = np.mean([mixing_report(BlockShuffleStrategy(bs, ff), labels, 256, seed=s).attrs['summary']['tv']
+    measured = np.mean([mixing_report(BlockShuffleStrategy(bs, ff, stratified=False), labels, 256, seed=s).attrs['summary']['tv']
                         for s in range(2)])
     assert measured == pytest.approx(predicted_tv(ideal, bs, ff), rel=0.08)
 
@@ -119,13 +121,15 @@ def test_grid_and_plots():
     import matplotlib.pyplot as plt
     labels = sorted_labels(5000, 8)
     grid = mixing_grid(labels, 64, block_sizes=(1, 8, 64), fetch_factors=(1, 8))
-    assert len(grid) == 6 and {'tv', 'tv_predicted', 'rows_per_run', 'blocks_per_fetch'} <= set(grid.columns)
-    g = grid.set_index(['block_size', 'fetch_factor'])
-    assert g.loc[(64, 1), 'tv'] > g.loc[(1, 1), 'tv'] and g.loc[(64, 1), 'rows_per_run'] > 20
+    assert len(grid) == 12 and {'stratified', 'tv', 'tv_predicted_plain', 'rows_per_run', 'blocks_per_fetch'} <= set(grid.columns)
+    g = grid.set_index(['stratified', 'block_size', 'fetch_factor'])
+    for st in (False, True):
+        assert g.loc[(st, 64, 1), 'tv'] > g.loc[(st, 1, 1), 'tv'] and g.loc[(st, 64, 1), 'rows_per_run'] > 20
+    assert g.loc[(True, 8, 8), 'tv'] < g.loc[(False, 8, 8), 'tv']
     fig = plot_mixing_grid(grid)
-    assert len(fig.axes) == 2 and len(fig.axes[0].lines) >= 5
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 5          # 2 fetch factors × plain/stratified + ideal
     fig2 = plot_composition(labels, 64, n_batches=10)
-    assert len(fig2.axes) == 3 and all(len(ax.images) == 1 for ax in fig2.axes)
+    assert len(fig2.axes) == 4 and all(len(ax.images) == 1 for ax in fig2.axes)
     assert fig2.axes[0].images[0].get_array().shape[1] == 10
     plt.close('all')
 
@@ -191,5 +195,5 @@ def test_plan_image_lanes_partition_the_file():
         assert img.shape == (6, 300) and lanes[-1] == 'rank 2 worker 1'
         assert ((~np.isnan(img)).sum(0) == 1).all()
     fig = plot_plans(n=128, batch_size=8, world_size=2, num_workers=1)
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4
     plt.close('all')

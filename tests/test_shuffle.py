@@ -13,7 +13,7 @@ SETTINGS = dict(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 strategies = st.one_of(
     st.builds(SequentialShuffleStrategy, fetch_factor=st.integers(1, 5)),
-    st.builds(BlockShuffleStrategy, block_size=st.integers(1, 9), fetch_factor=st.integers(1, 5)),
+    st.builds(BlockShuffleStrategy, block_size=st.integers(1, 9), fetch_factor=st.integers(1, 5), stratified=st.booleans()),
     st.builds(RandomShuffleStrategy, fetch_factor=st.integers(1, 5)),
 )
 modes = st.sampled_from([(False, False), (True, False), (False, True)])
@@ -76,7 +76,8 @@ def test_rank_sees_same_cells_whatever_num_workers(strategy, n, b, world, mode, 
 
 
 @settings(**SETTINGS)
-@given(strategy=st.one_of(st.builds(BlockShuffleStrategy, block_size=st.integers(1, 4), fetch_factor=st.integers(1, 4)),
+@given(strategy=st.one_of(st.builds(BlockShuffleStrategy, block_size=st.integers(1, 4), fetch_factor=st.integers(1, 4),
+                                    stratified=st.booleans()),
                           st.builds(RandomShuffleStrategy, fetch_factor=st.integers(1, 4))),
        n=st.integers(200, 2000), b=st.integers(2, 32), seed=st.integers(0, 2**31))
 def test_epochs_reproducible_and_different(strategy, n, b, seed):
@@ -117,9 +118,43 @@ def test_order_range_equals_full_order(n, bs, seed, data):
     lo = data.draw(st.integers(0, n - 1)); hi = data.draw(st.integers(lo + 1, lo + 3 * n))
     slots = np.arange(lo, hi) % n
     np.testing.assert_array_equal(_block_order_range(n, bs, np.random.default_rng(seed), lo, hi), full[slots])
-    for s in (SequentialShuffleStrategy(), RandomShuffleStrategy(), BlockShuffleStrategy(bs)):
-        np.testing.assert_array_equal(s.order_range(n, np.random.default_rng(seed), lo, hi),
-                                      s.order(n, np.random.default_rng(seed))[slots])
+    b = data.draw(st.integers(1, 64))
+    for s in (SequentialShuffleStrategy(), RandomShuffleStrategy(), BlockShuffleStrategy(bs, stratified=False),
+              BlockShuffleStrategy(bs, 3), BlockShuffleStrategy(bs, 16)):
+        np.testing.assert_array_equal(s.order_range(n, np.random.default_rng(seed), lo, hi, b),
+                                      s.order(n, np.random.default_rng(seed), b)[slots])
+
+
+@settings(**SETTINGS)
+@given(nb=st.integers(1, 3000), m=st.integers(1, 300), seed=st.integers(0, 10**6))
+def test_stratified_block_perm_windows_cover_every_stratum(nb, m, seed):
+    "Any m consecutive blocks of the stratified order come from m different strata (except across the ragged last column)."
+    from spatial_dl.shuffle import _block_perm
+    perm = _block_perm(nb, np.random.default_rng(seed), m)
+    assert np.array_equal(np.sort(perm), np.arange(nb))
+    m = min(m, nb)
+    stratum = np.searchsorted(np.arange(m) * nb // m, perm, side='right') - 1
+    full = (nb // m) * m                                             # blocks before the ragged last column
+    for i in range(0, max(0, full - m + 1), max(1, m // 3)):
+        assert len(set(stratum[i:i + m].tolist())) == m
+
+
+def test_stratified_fetches_sample_the_whole_file():
+    "On a file sorted by label, stratified fetches carry the file's label mix; plain block fetches do not."
+    labels = np.repeat(np.arange(8), 1250)                           # 10,000 rows, 8 equal labels, sorted
+    def fetch_tv(s):
+        p = s.plan(10_000, 64, seed=0, epoch=0, dist=DistInfo())
+        return np.mean([0.5 * np.abs(np.bincount(labels[f], minlength=8) / len(f) - 1 / 8).sum() for f in p.fetches])
+    strat, plain = fetch_tv(BlockShuffleStrategy(16, 8)), fetch_tv(BlockShuffleStrategy(16, 8, stratified=False))
+    assert strat < 0.02 and plain > 3 * strat
+
+
+def test_stratified_flag_and_names():
+    assert BlockShuffleStrategy().stratified and BlockShuffleStrategy().name == 'block'
+    assert BlockShuffleStrategy(stratified=False).name == 'plain block'
+    assert 'stratified=False' in repr(BlockShuffleStrategy(stratified=False))
+    with pytest.raises(ValueError, match='stratified must be True or False'):
+        BlockShuffleStrategy(stratified='yes')
 
 
 def test_block_size_one_is_a_permutation_with_no_block_structure():
