@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['partner_ranks', 'retrieval_metrics', 'clip_loss', 'ProjectionHead', 'ContrastiveModule', 'shard_loaders',
-           'export_embeddings', 'train_contrastive', 'train_contrastive_main']
+           'export_embeddings', 'train_contrastive', 'train_contrastive_ray', 'train_contrastive_main']
 
 # %% ../nbs/12_contrastive.ipynb #87466444
 import argparse, json, math, time, tempfile, warnings
@@ -238,7 +238,53 @@ def train_contrastive(shards: str|Path, # folder written by `prepare_shards`
         res.update(checkpoint=out/'model.ckpt', embeddings=out/'embeddings.npz', metrics=out/'metrics.json')
     return res
 
-# %% ../nbs/12_contrastive.ipynb #901de7ba
+# %% ../nbs/12_contrastive.ipynb #51ddc109
+def train_contrastive_ray(shards: str|Path, # folder written by `prepare_shards` (shared storage on a cluster)
+                          num_workers: int=2, # Ray Train workers (DDP ranks)
+                          epochs: int=10, batch_size: int=256, # per worker
+                          embed_dim: int=128, hidden_dim: int=256, lr: float=1e-3, temperature: float=0.07,
+                          cpus_per_worker: int=1, # CPUs reserved per worker
+                          use_gpu: bool=False, # one GPU per worker
+                          max_steps: int=-1, # stop after this many steps
+                          seed: int=0, # seed of initialisation and shuffles
+                          storage_path: str|None=None, # Ray results and checkpoints (default ~/ray_results)
+                          name: str|None=None, # run name under storage_path
+                          address: str|None=None, # Ray address; None starts (or reuses) a local cluster
+                          init_kwargs: dict|None=None, # more `ray.init` arguments (_temp_dir, num_cpus, ...)
+                         ):
+    "Fit a `ContrastiveModule` on prepared shards with Ray Train; returns the `ray.train.Result`."
+    import ray, ray.train
+    from ray.train.torch import TorchTrainer
+    m = read_manifest(shards)
+    check_positive_int(num_workers, 'num_workers'); check_positive_int(epochs, 'epochs'); check_positive_int(batch_size, 'batch_size')
+    n_train = len(m['shards']['train'])
+    if n_train < num_workers: raise ValueError(f"{shards}: {n_train} training shards for {num_workers} workers; write at least one shard per worker")
+    if not ray.is_initialized(): ray.init(address=address, ignore_reinit_error=True, **(init_kwargs or {}))
+    config = dict(shards=str(Path(shards).resolve()), epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
+                  model=dict(morph_dim=m['morph_dim'], tx_dim=m['tx_dim'], embed_dim=embed_dim, hidden_dim=hidden_dim, lr=lr,
+                             temperature=temperature), use_gpu=use_gpu)
+    def loop(cfg):
+        import ray.train.lightning as rl
+        seed_everything(cfg['seed'])
+        model = ContrastiveModule(**cfg['model'])
+        tl, vl = shard_loaders(cfg['shards'], cfg['batch_size'], 0, seed=cfg['seed'])
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='.*(does not have many workers|IterableDataset|Total length|infer the `batch_size`).*')
+            tr = L.Trainer(max_epochs=cfg['epochs'], max_steps=cfg['max_steps'], devices='auto',
+                           accelerator='gpu' if cfg['use_gpu'] else 'cpu', strategy=rl.RayDDPStrategy(),
+                           plugins=[rl.RayLightningEnvironment()], callbacks=[rl.RayTrainReportCallback()],
+                           enable_checkpointing=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                           num_sanity_val_steps=0, default_root_dir=tempfile.mkdtemp(prefix='sdl-ray-'))
+            tr = rl.prepare_trainer(tr)
+            tr.fit(model, tl, vl)
+    trainer = TorchTrainer(loop, train_loop_config=config,
+                           scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                                                  resources_per_worker={'CPU': cpus_per_worker}),
+                           run_config=ray.train.RunConfig(storage_path=str(Path(storage_path or '~/ray_results').expanduser().resolve()),
+                                                          name=name or f"contrastive-{int(time.time())}"))
+    return trainer.fit()
+
+# %% ../nbs/12_contrastive.ipynb #d2984f19
 def train_contrastive_main(argv: list[str]|None=None) -> int:
     "`spatial-dl train-contrastive`: fit on prepared shards, write checkpoint/embeddings/metrics, print a summary."
     p = argparse.ArgumentParser(prog='spatial-dl train-contrastive', description='Train a CLIP-style morphology/transcription model on prepared shards.')

@@ -178,3 +178,23 @@ def test_lightning_ddp_two_ranks_gathers_negatives(demo_shards, tmp_path):
     met = json.loads((tmp_path / 'ddp' / 'metrics.json').read_text())
     assert met['world_size'] == 2 and met['n_embedded'] == read_manifest(demo_shards)['counts']['val']
     assert 'val_m2t_recall@10' in met['after']
+
+
+# ------------------------------------------------------------------------------------------- Ray Train
+@pytest.mark.slow
+def test_ray_train_two_workers(demo_shards, tmp_path):
+    import ray, tempfile, shutil
+    from spatial_dl.contrastive import train_contrastive_ray
+    rt = tempfile.mkdtemp(prefix='sdlr', dir='/tmp')  # Ray's socket paths must stay under 108 bytes
+    try:
+        result = train_contrastive_ray(demo_shards, num_workers=2, epochs=2, batch_size=32, embed_dim=16, hidden_dim=32,
+                                       storage_path=str(tmp_path / 'ray'), name='t',
+                                       init_kwargs=dict(num_cpus=2, include_dashboard=False, _temp_dir=rt))
+        assert result.error is None
+        assert result.metrics['candidates'] == 2 * 32  # negatives gathered across the two Ray workers
+        assert 0 <= result.metrics['val_m2t_recall@10'] <= 1 and result.metrics['epoch'] == 1
+        assert result.checkpoint is not None and list(Path(result.checkpoint.path).glob('*.ckpt'))
+        with pytest.raises(ValueError, match='training shards for 64 workers'):
+            train_contrastive_ray(demo_shards, num_workers=64)
+    finally:
+        ray.shutdown(); shutil.rmtree(rt, ignore_errors=True)
