@@ -310,3 +310,37 @@ def test_plan_summary_reports_io_shape():
     assert s['fetches'] == len(p.fetches) and s['rows'] == p.n_rows and s['batches'] == p.n_batches
     assert s['max_fetch_rows'] == 256 and 14 <= s['rows_per_run'] <= 16.5       # ~ one run per block
     assert s['rank_batches'] == BlockShuffleStrategy().num_batches(10_000, 64)
+
+
+def test_strategies_pickle_and_plan_identically():
+    for s in (SequentialShuffleStrategy(3), BlockShuffleStrategy(8, 2), BlockShuffleStrategy(8, 2, stratified=False),
+              RandomShuffleStrategy(5)):
+        t = pickle.loads(pickle.dumps(s))
+        assert repr(t) == repr(s) and t.name == s.name
+        np.testing.assert_array_equal(t.plan(500, 16, 3, 1, DistInfo(1, 2)).rows, s.plan(500, 16, 3, 1, DistInfo(1, 2)).rows)
+
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_dataloader_workers_discover_themselves_and_deliver_exactly_once(num_workers):
+    "Real DataLoader worker processes: plan(dist=...) from core.dist_info() inside each worker; exactly once, same batches."
+    import torch.utils.data as tud
+    from spatial_dl.core import dist_info
+
+    class PlanBatches(tud.IterableDataset):              # yields this process's planned batches, like the loader
+        def __init__(self, strategy, n, b, rank, world):
+            self.strategy, self.n, self.b, self.rank, self.world = strategy, n, b, rank, world
+        def __iter__(self):
+            plan = self.strategy.plan(self.n, self.b, seed=7, epoch=1, dist=dist_info(self.rank, self.world))
+            for bt in plan.batches(): yield np.array(bt)  # plan arrays are read-only: copy before torch sees them
+
+    s = BlockShuffleStrategy(4, 2)
+    got = {}
+    for rank in range(2):
+        dl = tud.DataLoader(PlanBatches(s, 203, 8, rank, 2), batch_size=None, num_workers=num_workers)
+        got[rank] = [tuple(np.asarray(x).tolist()) for x in dl]
+    rows = np.concatenate([np.array(bt) for r in got for bt in got[r]])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(203))
+    assert len(got[0]) == len(got[1]) == s.num_batches(203, 8, 2)
+    ref = plan_world(s, 203, 8, world_size=2, num_workers=0, seed=7, epoch=1)
+    for r in range(2):
+        assert sorted(got[r]) == sorted(tuple(bt.tolist()) for bt in ref[r, 0].batches())
