@@ -409,7 +409,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #90e8e4b8
+# %% ../nbs/06_tokenizers.ipynb #21c34552
 _NUMBA = None
 def _numba_fill():
     "The compiled fill loop, or None when numba is missing or disabled (SPATIAL_DL_NUMBA=0)."
@@ -418,8 +418,9 @@ def _numba_fill():
         _NUMBA = False
         if os.environ.get('SPATIAL_DL_NUMBA', '1') != '0':
             try:
-                import numba
-                _NUMBA = numba.njit(nogil=True)(_fill_keys_py)
+                import numba, inspect
+                src = inspect.getsourcefile(_fill_keys_py) or ''
+                _NUMBA = numba.njit(nogil=True, cache=os.path.isfile(src))(_fill_keys_py)   # cached on disk when defined in a file
             except ImportError: pass
     return _NUMBA or None
 
@@ -896,7 +897,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #a18caa80
+# %% ../nbs/06_tokenizers.ipynb #07f4b81b
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -976,6 +977,7 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
         jobs += [(p, i, s, min(s + rows_per_job, coll.n_obs)) for s in range(0, coll.n_obs, rows_per_job)]
         coll.close()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _warm_numba()                                      # compile once, before worker processes fork
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         args = [(tokenizer, p, i, s, e, obs_keys, obs_types, chunk_size, work / f"shard_{j:05d}", progress and num_workers == 1)
