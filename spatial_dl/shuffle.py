@@ -6,11 +6,10 @@
 __all__ = ['as_indices', 'random_split', 'group_split', 'SplitInfo', 'FetchPlan', 'ShuffleStrategy', 'SequentialShuffleStrategy',
            'BlockShuffleStrategy', 'RandomShuffleStrategy', 'plan_world']
 
-# %% ../nbs/02_shuffle.ipynb #c8e0a5e7
-import math
+# %% ../nbs/02_shuffle.ipynb #d47c87a9
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from .core import DistInfo, dist_info, make_rng, check_positive_int, check_choice
@@ -31,7 +30,13 @@ def as_indices(n_or_indices, # an int `n` (rows `0..n-1`) or a 1-D array of non-
     if a.min() < 0: raise ValueError(f"{name} must be non-negative row ids, found {a.min()}")
     return a.astype(np.int64, copy=False)
 
-# %% ../nbs/02_shuffle.ipynb #889f3632
+# %% ../nbs/02_shuffle.ipynb #785c2746
+def _check_seed(seed, name: str='seed') -> int:
+    "`seed` as an int, or a `ValueError` naming `name` when it is not a non-negative integer."
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
 def _check_fracs(fracs) -> np.ndarray:
     if len(fracs) == 0: raise ValueError("fracs: give at least one fraction, e.g. random_split(n, 0.8, 0.2)")
     f = np.asarray(fracs, dtype=float)
@@ -50,7 +55,7 @@ def _split_sizes(n: int, f: np.ndarray, method: str, rng: np.random.Generator) -
     sizes[extra] += 1
     return sizes
 
-# %% ../nbs/02_shuffle.ipynb #07fb4c04
+# %% ../nbs/02_shuffle.ipynb #c22e870c
 def random_split(n_or_indices, # an int `n` (rows `0..n-1`) or a 1-D array of row ids to split
                  *fracs: float, # fractions of rows per split, non-negative, summing to 1
                  seed: int=0, # seed; the same seed gives the same split
@@ -60,7 +65,7 @@ def random_split(n_or_indices, # an int `n` (rows `0..n-1`) or a 1-D array of ro
     idx = as_indices(n_or_indices, 'n_or_indices')
     f = _check_fracs(fracs)
     check_choice(method, 'method', ['deterministic', 'multinomial', 'stochastic_rounding'])
-    rng = make_rng(seed, 0x5B11)
+    rng = make_rng(_check_seed(seed), 0x5B11)
     if method == 'multinomial':
         which = rng.choice(len(f), size=len(idx), p=f)
         return tuple(np.sort(idx[which == k]) for k in range(len(f)))
@@ -68,7 +73,7 @@ def random_split(n_or_indices, # an int `n` (rows `0..n-1`) or a 1-D array of ro
     perm = rng.permutation(len(idx))
     return tuple(np.sort(idx[p]) for p in np.split(perm, np.cumsum(sizes)[:-1]))
 
-# %% ../nbs/02_shuffle.ipynb #68fa875f
+# %% ../nbs/02_shuffle.ipynb #daf2c915
 def group_split(groups, # one group label per row (e.g. `adata.obs['sample']`), any hashable dtype
                 *fracs: float, # target fractions of rows per split, non-negative, summing to 1
                 seed: int=0, # seed; the same seed gives the same split
@@ -87,7 +92,7 @@ def group_split(groups, # one group label per row (e.g. `adata.obs['sample']`), 
     want = int((f > 0).sum())
     if len(uniq) < want:
         raise ValueError(f"groups has {len(uniq)} distinct groups but {want} splits need at least one each")
-    rng = make_rng(seed, 0x6A0)
+    rng = make_rng(_check_seed(seed), 0x6A0)
     order = rng.permutation(len(uniq))
     size = np.bincount(codes, minlength=len(uniq))[order]
     mid = (np.cumsum(size) - size / 2) / size.sum()          # each group's midpoint on the [0, 1] row axis
@@ -193,7 +198,7 @@ def _rank_batches(n: int, b: int, w: int, drop_last: bool, pad: bool) -> int:
                          f"use pad=True or drop_last=True")
     return k
 
-# %% ../nbs/02_shuffle.ipynb #9554937a
+# %% ../nbs/02_shuffle.ipynb #3704526a
 _ORDER, _MIX = 0x0D, 0x31  # stream keys for make_rng: the global order, the in-fetch shuffles
 
 def _cyclic(n: int, lo: int, hi: int, piece) -> np.ndarray:
@@ -276,9 +281,7 @@ class ShuffleStrategy(ABC):
         dist = dist_info() if dist is None else dist
         if not isinstance(dist, DistInfo): raise ValueError(f"dist must be a core.DistInfo, got {type(dist).__name__}")
         b, w = _check_modes(batch_size, dist.world_size, drop_last, pad)
-        for name, v in (('seed', seed), ('epoch', epoch)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        seed, epoch = _check_seed(seed), _check_seed(epoch, 'epoch')
         k = _rank_batches(n, b, w, drop_last, pad)
         if drop_last or pad:                                      # every rank k·b slots of the (cut or cyclic) order
             lo, hi, sizes = dist.rank * k * b, (dist.rank + 1) * k * b, None

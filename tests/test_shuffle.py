@@ -287,6 +287,8 @@ def test_strategy_split_gives_splitinfo():
     (lambda: random_split(10, 1.2, -0.2), 'fracs must be non-negative'),
     (lambda: random_split(10, float('nan'), 1.0), 'fracs must be finite'),
     (lambda: random_split(10, 1.0, method='nope'), 'method must be one of'),
+    (lambda: random_split(10, 1.0, seed=-1), 'seed must be a non-negative integer'),
+    (lambda: group_split(['a', 'b'], 1.0, seed=1.5), 'seed must be a non-negative integer'),
     (lambda: group_split(['a'], 0.5, 0.5), '1 distinct groups'),
     (lambda: group_split(['a', 'b'], 1.0, indices=[1, 2, 3]), 'one entry per group label'),
     (lambda: BlockShuffleStrategy().split(10, val_size=0.8, test_size=0.4), 'val_size + test_size must be at most 1'),
