@@ -228,3 +228,32 @@ def test_bad_arguments(data, tmp_path):
     with pytest.raises(ValueError, match='num_workers must be a non-negative integer'): make_dataloader(ds, num_workers=-1)
     with pytest.raises(TypeError, match='dataset must be an AnnDataset'): AnnDataLoader([1, 2])
     with pytest.raises(ValueError, match='epoch must be a non-negative integer'): ds.set_epoch(-1)
+
+
+def test_threads_keep_plan_order_and_stop_early(data):
+    "Any number of reader threads (or none) gives the plan's order; leaving the loop early stops the threads."
+    import threading, time
+    paths, adatas, X = data
+    ref = _indices(AnnDataset(paths, prefetch=False, **KW))
+    for t in (1, 2, 3, 5):
+        got = _indices(AnnDataset(paths, num_threads=t, **KW))
+        assert len(got) == len(ref)
+        for a, b in zip(got, ref): np.testing.assert_array_equal(a, b)
+    base = threading.active_count()
+    it = iter(AnnDataset(paths, num_threads=3, **KW))
+    next(it)
+    it.close()
+    deadline = time.time() + 10
+    while threading.active_count() > base and time.time() < deadline: time.sleep(0.05)
+    assert threading.active_count() <= base
+    with pytest.raises(ValueError, match='num_threads must be a positive integer'): AnnDataset(paths, num_threads=0)
+
+
+def test_error_in_a_thread_reaches_the_caller(data):
+    paths, adatas, X = data
+    def boom(batch):
+        if batch['index'][0] % 2 == 0: raise RuntimeError('tokenizer failed')
+        return batch
+    with pytest.raises(RuntimeError, match='tokenizer failed'): list(AnnDataset(paths, before_dense=boom, **KW))
+    with pytest.raises(RuntimeError, match='tokenizer failed'):
+        list(make_dataloader(AnnDataset(paths, before_dense=boom, **KW), num_workers=1))
