@@ -166,7 +166,10 @@ def _measure(batches, path, n_vars, labels, labels_of, n_batches, warmup, max_se
     r['items_per_s_incl_first'] = r['n_items'] / (r['n_items'] / r['items_per_s_incl_first'] + extra)
     r['first_batch_s'] += extra
     out = {'cells_per_s': r['items_per_s'], 'cells_per_s_incl_first': r['items_per_s_incl_first'],
-           'first_batch_s': r['first_batch_s'], **tv_mixing(label_batches, labels), 'n_batches': r['n_batches'],
+           'first_batch_s': r['first_batch_s'], 'n_batches': r['n_batches'],
+           # labels go back to the parent, which computes TV once with spatial_dl.randomness (whose import,
+           # ~3 s with matplotlib, would otherwise be paid by every candidate process)
+           '_label_batches': [b.tolist() for b in label_batches],
            'n_cells': r['n_items'], 'steady_s': r['steady_s']}
     if first:
         import h5py
@@ -426,6 +429,9 @@ def main(argv=None) -> int:
     print(f'file: {path} ({path.stat().st_size / 2**30:.2f} GiB, {n_obs:,} x {n_vars:,}); ideal TV {tv_ideal:.3f}; '
           f'{len(cands)} candidates x {repeats} rounds; load {os.getloadavg()[0]:.1f}', file=sys.stderr)
     rows = interleaved(cands, repeats=repeats, timeout=a.timeout)
+    for r in rows:
+        lb = r.pop('_label_batches', None)
+        if lb: r.update(tv_mixing([np.asarray(b, np.int64) for b in lb], labels))
     med = medians(rows)
     for m in med:
         m['tv_ideal'] = tv_ideal
