@@ -55,17 +55,19 @@ def _split_sizes(n: int, f: np.ndarray, method: str, rng: np.random.Generator) -
     sizes[extra] += 1
     return sizes
 
-# %% ../nbs/02_shuffle.ipynb #c22e870c
+# %% ../nbs/02_shuffle.ipynb #be37e516
 def random_split(n_or_indices, # an int `n` (rows `0..n-1`) or a 1-D array of row ids to split
                  *fracs: float, # fractions of rows per split, non-negative, summing to 1
                  seed: int=0, # seed; the same seed gives the same split
                  method: str='deterministic', # 'deterministic', 'multinomial' or 'stochastic_rounding' (see above)
+                 stratify=None, # optional label per row: each label's rows are split by `fracs` on their own
                 ) -> tuple[np.ndarray, ...]:
     "Split rows at random into `len(fracs)` disjoint, covering, sorted arrays of row ids."
     idx = as_indices(n_or_indices, 'n_or_indices')
     f = _check_fracs(fracs)
     check_choice(method, 'method', ['deterministic', 'multinomial', 'stochastic_rounding'])
     rng = make_rng(_check_seed(seed), 0x5B11)
+    if stratify is not None: return _stratified_split(idx, f, method, rng, stratify)
     if method == 'multinomial':
         which = rng.choice(len(f), size=len(idx), p=f)
         return tuple(np.sort(idx[which == k]) for k in range(len(f)))
@@ -73,7 +75,22 @@ def random_split(n_or_indices, # an int `n` (rows `0..n-1`) or a 1-D array of ro
     perm = rng.permutation(len(idx))
     return tuple(np.sort(idx[p]) for p in np.split(perm, np.cumsum(sizes)[:-1]))
 
-# %% ../nbs/02_shuffle.ipynb #daf2c915
+# %% ../nbs/02_shuffle.ipynb #f8ccf28a
+def _stratified_split(idx, f, method, rng, stratify) -> tuple[np.ndarray, ...]:
+    "Split each label's rows on their own (sizes per label by `method`), so every split keeps the label mix."
+    lab = np.asarray(stratify)
+    if lab.shape != (len(idx),): raise ValueError(f"stratify must hold one label per row: got shape {lab.shape} for {len(idx)} rows")
+    if pd.isna(lab).any(): raise ValueError(f"stratify has {int(pd.isna(lab).sum())} missing labels; give every row a label")
+    if method == 'multinomial':
+        raise ValueError("stratify needs method 'deterministic' or 'stochastic_rounding' (multinomial draws every row on its own)")
+    _, codes = np.unique(lab, return_inverse=True)
+    order = np.lexsort((rng.random(len(idx)), codes))          # rows grouped by label, random within each label
+    sizes = np.stack([_split_sizes(int(c), f, method, rng) for c in np.bincount(codes)])   # labels × splits
+    which = np.empty(len(idx), np.int64)
+    which[order] = np.repeat(np.tile(np.arange(len(f)), len(sizes)), sizes.ravel())
+    return tuple(np.sort(idx[which == k]) for k in range(len(f)))
+
+# %% ../nbs/02_shuffle.ipynb #4d3c7c99
 def group_split(groups, # one group label per row (e.g. `adata.obs['sample']`), any hashable dtype
                 *fracs: float, # target fractions of rows per split, non-negative, summing to 1
                 seed: int=0, # seed; the same seed gives the same split
@@ -107,7 +124,7 @@ def group_split(groups, # one group label per row (e.g. `adata.obs['sample']`), 
     row_split = split_of_group[codes]
     return tuple(np.sort(idx[row_split == k]) for k in range(len(f)))
 
-# %% ../nbs/02_shuffle.ipynb #fa2f1475
+# %% ../nbs/02_shuffle.ipynb #31092af8
 @dataclass
 class SplitInfo:
     "Row ids per split (global, over `files` in order), free metadata and the mini-batch size."
@@ -130,7 +147,7 @@ class SplitInfo:
         return (f"SplitInfo(files={len(self.files)}, train={n(self.train_indices)}, val={n(self.val_indices)}, "
                 f"test={n(self.test_indices)}, mini_batch_size={self.mini_batch_size}, metadata={list(self.metadata)})")
 
-# %% ../nbs/02_shuffle.ipynb #e658a4f3
+# %% ../nbs/02_shuffle.ipynb #84d31981
 @dataclass(frozen=True, repr=False)
 class FetchPlan:
     "The fetches one rank+worker delivers in one epoch (each an array of global row ids in delivery order)."
@@ -179,7 +196,7 @@ class FetchPlan:
                 f"worker {d.worker}/{d.num_workers}: {len(self.fetches)} fetches, {self.n_rows} rows, "
                 f"{self.n_batches} of the rank's {self.rank_batches} batches of {self.batch_size})")
 
-# %% ../nbs/02_shuffle.ipynb #ff3bc13c
+# %% ../nbs/02_shuffle.ipynb #558e47aa
 def _check_modes(batch_size, world_size, drop_last, pad):
     b = check_positive_int(batch_size, 'batch_size')
     w = check_positive_int(world_size, 'world_size')
@@ -198,7 +215,7 @@ def _rank_batches(n: int, b: int, w: int, drop_last: bool, pad: bool) -> int:
                          f"use pad=True or drop_last=True")
     return k
 
-# %% ../nbs/02_shuffle.ipynb #3704526a
+# %% ../nbs/02_shuffle.ipynb #4ecd5359
 _ORDER, _MIX = 0x0D, 0x31  # stream keys for make_rng: the global order, the in-fetch shuffles
 
 def _cyclic(n: int, lo: int, hi: int, piece) -> np.ndarray:
@@ -313,7 +330,7 @@ class ShuffleStrategy(ABC):
         args = ', '.join(f"{k}={v!r}" for k, v in vars(self).items() if k != 'name')
         return f"{type(self).__name__}({args})"
 
-# %% ../nbs/02_shuffle.ipynb #75aa6052
+# %% ../nbs/02_shuffle.ipynb #e71a1124
 def _ragged_sizes(n_rows: int, b: int, k: int) -> np.ndarray|None:
     "Sizes of `k` batches (each 1..b rows) holding `n_rows`; None when only the last batch is short (the plain case)."
     if -(-n_rows // b) == k: return None
@@ -342,14 +359,14 @@ def _shuffle_segments(a: np.ndarray, cuts: np.ndarray, rng: np.random.Generator)
     for lo, hi in zip(cuts[same:-1], cuts[same + 1:]): out[lo:hi] = rng.permutation(out[lo:hi])
     return out
 
-# %% ../nbs/02_shuffle.ipynb #cdc2170b
+# %% ../nbs/02_shuffle.ipynb #e33e591a
 class SequentialShuffleStrategy(ShuffleStrategy):
     "Rows in the given order, cut into fetches of `fetch_factor × batch_size` rows; no shuffling."
     name = 'sequential'
     def order(self, n, rng, batch_size=1): return np.arange(n, dtype=np.int64)
     def order_range(self, n, rng, lo, hi, batch_size=1): return np.arange(lo, hi, dtype=np.int64) % n
 
-# %% ../nbs/02_shuffle.ipynb #f161651a
+# %% ../nbs/02_shuffle.ipynb #0568e844
 def _block_perm(nb: int, rng: np.random.Generator, strata: int=1) -> np.ndarray:
     "Block ids `0..nb-1` in random order; with `strata > 1`, any `strata` consecutive ids come from different strata."
     if strata <= 1 or nb <= 1: return rng.permutation(nb).astype(np.int64)
@@ -409,7 +426,7 @@ class BlockShuffleStrategy(ShuffleStrategy):
     def order_range(self, n, rng, lo, hi, batch_size=1):
         return _block_order_range(n, self.block_size, rng, lo, hi, self._strata(batch_size))
 
-# %% ../nbs/02_shuffle.ipynb #d613b525
+# %% ../nbs/02_shuffle.ipynb #a57dd950
 class RandomShuffleStrategy(ShuffleStrategy):
     "A full random permutation of the rows each epoch, cut into fetches of `fetch_factor × batch_size` rows."
     name = 'random'
@@ -421,7 +438,7 @@ class RandomShuffleStrategy(ShuffleStrategy):
         full = self.order(n, rng)
         return _cyclic(n, lo, hi, lambda a, b: full[a:b].astype(np.int64))
 
-# %% ../nbs/02_shuffle.ipynb #e3ae4398
+# %% ../nbs/02_shuffle.ipynb #513d31a4
 def plan_world(strategy: ShuffleStrategy, # the strategy to plan with
                indices, # an int `n` or global row ids
                batch_size: int, # mini-batch size

@@ -346,3 +346,20 @@ def test_dataloader_workers_discover_themselves_and_deliver_exactly_once(num_wor
     ref = plan_world(s, 203, 8, world_size=2, num_workers=0, seed=7, epoch=1)
     for r in range(2):
         assert sorted(got[r]) == sorted(tuple(bt.tolist()) for bt in ref[r, 0].batches())
+
+
+@settings(**SETTINGS)
+@given(counts=st.lists(st.integers(1, 200), min_size=1, max_size=6), seed=st.integers(0, 10**6),
+       fracs=st.sampled_from([(0.8, 0.1, 0.1), (0.5, 0.5), (0.7, 0.0, 0.3), (1.0,)]),
+       method=st.sampled_from(['deterministic', 'stochastic_rounding']))
+def test_stratified_random_split_keeps_every_label_mix(counts, seed, fracs, method):
+    labels = np.repeat([f"type{i}" for i in range(len(counts))], counts)
+    idx = np.arange(100, 100 + len(labels))
+    parts = random_split(idx, *fracs, seed=seed, method=method, stratify=labels)
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), idx)
+    for p, fr in zip(parts, fracs):
+        got = {t: int(np.sum(labels[p - 100] == t)) for t in set(labels)}
+        for t, c in zip([f"type{i}" for i in range(len(counts))], counts):
+            assert abs(got[t] - c * fr) < 1 + 1e-9                      # each label split in proportion, within one row
+    again = random_split(idx, *fracs, seed=seed, method=method, stratify=labels)
+    for a, b in zip(parts, again): np.testing.assert_array_equal(a, b)
