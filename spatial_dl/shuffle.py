@@ -215,7 +215,7 @@ def _rank_batches(n: int, b: int, w: int, drop_last: bool, pad: bool) -> int:
                          f"use pad=True or drop_last=True")
     return k
 
-# %% ../nbs/02_shuffle.ipynb #4ecd5359
+# %% ../nbs/02_shuffle.ipynb #2d1248f3
 _ORDER, _MIX = 0x0D, 0x31  # stream keys for make_rng: the global order, the in-fetch shuffles
 
 def _cyclic(n: int, lo: int, hi: int, piece) -> np.ndarray:
@@ -255,6 +255,7 @@ class ShuffleStrategy(ABC):
               seed: int=0, # split seed (independent of the epoch seeds)
               method: str='deterministic', # `random_split` method (ignored when `groups` is given)
               groups=None, # one label per row: keep groups whole (`group_split`)
+              stratify=None, # one label per row: keep each label's share in every split (`random_split`)
               files: Sequence=(), # the files behind the global row index, recorded in the SplitInfo
               metadata: dict|None=None, # free metadata to carry along
               mini_batch_size: int|None=None, # the batch size the model sees
@@ -265,7 +266,7 @@ class ShuffleStrategy(ABC):
         if val_size + test_size > 1:
             raise ValueError(f"val_size + test_size must be at most 1, got {val_size} + {test_size} = {val_size + test_size}")
         fr = (max(0.0, 1 - val_size - test_size), val_size, test_size)
-        if groups is None: tr, va, te = random_split(n_or_indices, *fr, seed=seed, method=method)
+        if groups is None: tr, va, te = random_split(n_or_indices, *fr, seed=seed, method=method, stratify=stratify)
         else: tr, va, te = group_split(groups, *fr, seed=seed,
                                        indices=None if isinstance(n_or_indices, (int, np.integer)) else n_or_indices)
         if mini_batch_size is not None: mini_batch_size = check_positive_int(mini_batch_size, 'mini_batch_size')

@@ -262,6 +262,9 @@ def test_strategy_split_gives_splitinfo():
     groups = np.repeat(np.arange(10), 100)
     ginfo = s.split(1000, val_size=0.2, test_size=0.1, groups=groups)
     assert not set(groups[ginfo.train_indices]) & set(groups[ginfo.val_indices])
+    labels = np.repeat(['x', 'y'], [900, 100])
+    sinfo = s.split(1000, val_size=0.1, test_size=0.1, stratify=labels)
+    assert (labels[sinfo.val_indices] == 'y').sum() == 10 and (labels[sinfo.train_indices] == 'y').sum() == 80
     plan = s.plan(info.train_indices, 64, dist=DistInfo())
     np.testing.assert_array_equal(np.sort(plan.rows), info.train_indices)
 
