@@ -368,8 +368,8 @@ def compute_ratios(med: dict, rss_limit_mb=1024) -> dict:
     sdl = [n for n in med if n.startswith('spatial_dl') and g(n, 'first_batch_s') is not None]
     sdl_main = [n for n in sdl if ' b16/f16' not in n]   # the extra same-knobs row is informational
     first = max((g(n, 'first_batch_s') for n in sdl_main), default=None)
-    rss = max((g(n, 'peak_rss_mb') for n in sdl if ', ' not in n and g(n, 'peak_rss_mb') is not None), default=None)
-    rss_w = max((g(n, 'peak_rss_tree_mb') or 0 for n in sdl if ', ' in n), default=None)
+    rss = max((g(n, 'peak_rss_mb') for n in sdl_main if ', ' not in n and g(n, 'peak_rss_mb') is not None), default=None)
+    rss_w = max((g(n, 'peak_rss_tree_mb') or 0 for n in sdl_main if ', ' in n), default=None)
     return {
         'block_cells_per_s': target(blk, '>=', 35000, "spatial_dl block shuffle (the loader's default knobs), one process, steady state"),
         'block_over_scdataset': target(div(blk, sc), '>=', 2.4, 'spatial_dl block / scDataset b16/f16 cells/s'),

@@ -167,3 +167,53 @@ def test_write_json_is_strict_json(tmp_path):
     C.write_json(out, [{'name': 'a', 'v': float('nan'), 'n': np.int64(3), 't': (1, 2)}], {'r': C.target(float('nan'), '<', 1)})
     doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f'non-standard JSON constant {c}'))
     assert doc['rows'][0] == {'name': 'a', 'v': None, 'n': 3, 't': [1, 2]} and doc['ratios']['r']['pass'] is None
+
+
+# ------------------------------------------------------------------------------------------ bench/loaders.py pieces
+@pytest.fixture(scope='module')
+def L():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('_bench_loaders_under_test', REPO / 'bench' / 'loaders.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tv_local_matches_definition(L):
+    import numpy as np
+    glob = np.array([0] * 50 + [1] * 50)
+    assert L._tv_local([np.array([0, 1]), np.array([0, 1, 0, 1])], glob) == 0.0
+    assert L._tv_local([np.array([0, 0, 0, 0])], glob) == pytest.approx(0.5)      # all one of two equal classes
+    assert L._tv_local([np.array([0, 0]), np.array([0, 1])], glob) == pytest.approx(0.25)
+    rng = np.random.default_rng(0)
+    labels = np.sort(rng.integers(0, 5, 5000))
+    batches = [labels[rng.permutation(5000)[:256]] for _ in range(20)]
+    r = L.tv_mixing(batches, labels)
+    assert r['tv'] == pytest.approx(L._tv_local(batches, labels), rel=1e-9)      # whichever code computed it
+    seq = [labels[i:i + 256] for i in range(0, 4864, 256)]
+    assert L._tv_local(seq, labels) > 3 * L.ideal_tv(labels, 256)                 # sorted rows mix badly
+    assert 0.02 < L.ideal_tv(labels, 256) < 0.1
+
+
+def test_compute_ratios_pass_fail(L):
+    med = {'spatial_dl block': dict(cells_per_s=40000, tv=0.105, first_batch_s=0.3, peak_rss_mb=500),
+           'spatial_dl random': dict(cells_per_s=30000, first_batch_s=0.4, peak_rss_mb=520),
+           'spatial_dl block, 1 worker': dict(cells_per_s=39000, first_batch_s=1.5, peak_rss_mb=400, peak_rss_tree_mb=900),
+           'spatial_dl block b16/f16': dict(cells_per_s=1000, first_batch_s=9.0, peak_rss_mb=2000),
+           'scDataset b16/f16': dict(cells_per_s=10000), 'naive sorted-batch reads': dict(cells_per_s=5000)}
+    r = L.compute_ratios(med)
+    assert r['block_cells_per_s']['pass'] is True and r['block_over_scdataset']['value'] == 4.0
+    assert r['block_tv']['pass'] is True and r['random_over_naive']['value'] == 6.0 and r['random_over_naive']['pass'] is False
+    assert r['first_batch_s']['value'] == 1.5 and r['first_batch_s']['pass'] is False   # the worker row counts ...
+    assert r['peak_rss_mb']['value'] == 520                                             # ... the b16/f16 row does not
+    assert r['workers_over_single']['value'] == pytest.approx(0.975) and r['workers_over_single']['pass'] is False
+    r = L.compute_ratios({'naive sorted-batch reads': dict(cells_per_s=5000)})          # spatial_dl missing
+    assert r['block_cells_per_s']['pass'] is None and r['random_over_naive']['value'] is None
+
+
+def test_ensure_data_reuses_cached_file(L, tmp_path):
+    p1, gen1 = L.ensure_data(tmp_path, 300, 200)
+    mtime = p1.stat().st_mtime_ns
+    p2, gen2 = L.ensure_data(tmp_path, 300, 200)
+    assert p1 == p2 and p2.stat().st_mtime_ns == mtime and gen2.endswith('(cached)') and not gen1.endswith('(cached)')
+    labels = L.read_labels(p1)
+    assert len(labels) == 300 and (labels.min() >= 0) and len(list(tmp_path.iterdir())) == 1
