@@ -107,7 +107,7 @@ def test_time_batches():
             yield list(range(10))
     r = C.time_batches(gen(), n_batches=5, warmup=2)
     assert r['n_batches'] == 1 + 2 + 5 and r['n_items'] == 80
-    assert 400 < r['items_per_s'] < 1100 and r['first_batch_s'] >= 0.009
+    assert 100 < r['items_per_s'] < 1100 and r['first_batch_s'] >= 0.009   # ≤ 1000 items/s by construction
     assert C.base_argparser('x').parse_args(['--quick', '--json', 'a.json']).json == 'a.json'
 
 
