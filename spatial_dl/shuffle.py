@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['as_indices', 'random_split', 'group_split', 'SplitInfo', 'FetchPlan', 'ShuffleStrategy', 'SequentialShuffleStrategy',
-           'BlockShuffleStrategy', 'RandomShuffleStrategy', 'plan_world']
+           'BlockShuffleStrategy', 'RandomShuffleStrategy', 'WeightedShuffleStrategy', 'plan_world']
 
 # %% ../nbs/02_shuffle.ipynb #d47c87a9
 from abc import ABC, abstractmethod
@@ -215,7 +215,7 @@ def _rank_batches(n: int, b: int, w: int, drop_last: bool, pad: bool) -> int:
                          f"use pad=True or drop_last=True")
     return k
 
-# %% ../nbs/02_shuffle.ipynb #2d1248f3
+# %% ../nbs/02_shuffle.ipynb #4ee88a54
 _ORDER, _MIX = 0x0D, 0x31  # stream keys for make_rng: the global order, the in-fetch shuffles
 
 def _cyclic(n: int, lo: int, hi: int, piece) -> np.ndarray:
@@ -240,9 +240,13 @@ class ShuffleStrategy(ABC):
         "Positions `0..n-1` in this epoch's global delivery order (`batch_size` sizes the fetches, if that matters)."
 
     def order_range(self, n: int, rng: np.random.Generator, lo: int, hi: int, batch_size: int=1) -> np.ndarray:
-        "Slots `lo..hi-1` of `order(n, rng, batch_size)` read cyclically (slot `j` is `order[j % n]`); overridden to save memory."
+        "Slots `lo..hi-1` of `order(n, rng, batch_size)` read cyclically (slot `j` is `order[j % len]`); overridden to save memory."
         full = self.order(n, rng, batch_size)
-        return _cyclic(n, lo, hi, lambda a, b: full[a:b])
+        return _cyclic(len(full), lo, hi, lambda a, b: full[a:b])
+
+    def epoch_length(self, n: int) -> int:
+        "Slots in one epoch's order for `n` selected rows: `n` (every row once); samplers may draw a different number."
+        return n
 
     @property
     def mixer(self) -> Callable|None:
@@ -280,7 +284,7 @@ class ShuffleStrategy(ABC):
                    ) -> int:
         "Mini-batches every rank delivers per epoch (the same on all ranks)."
         b, w = _check_modes(batch_size, world_size, drop_last, pad)
-        return _rank_batches(check_positive_int(n_indices, 'n_indices'), b, w, drop_last, pad)
+        return _rank_batches(self.epoch_length(check_positive_int(n_indices, 'n_indices')), b, w, drop_last, pad)
 
     def plan(self, indices, # an int `n` or a 1-D array of global row ids to deliver (e.g. `SplitInfo.train_indices`)
              batch_size: int, # mini-batch size
@@ -300,15 +304,16 @@ class ShuffleStrategy(ABC):
         if not isinstance(dist, DistInfo): raise ValueError(f"dist must be a core.DistInfo, got {type(dist).__name__}")
         b, w = _check_modes(batch_size, dist.world_size, drop_last, pad)
         seed, epoch = _check_seed(seed), _check_seed(epoch, 'epoch')
-        k = _rank_batches(n, b, w, drop_last, pad)
+        m = self.epoch_length(n)                                  # slots in this epoch's order (n unless sampling)
+        k = _rank_batches(m, b, w, drop_last, pad)
         if drop_last or pad:                                      # every rank k·b slots of the (cut or cyclic) order
             lo, hi, sizes = dist.rank * k * b, (dist.rank + 1) * k * b, None
-        else:                                                     # n // w or n // w + 1 slots per rank
-            per, extra = divmod(n, w)
+        else:                                                     # m // w or m // w + 1 slots per rank
+            per, extra = divmod(m, w)
             lo = dist.rank * per + min(dist.rank, extra)
             hi = lo + per + (dist.rank < extra)
             sizes = _ragged_sizes(hi - lo, b, k)
-        mine = self.order_range(n, make_rng(seed, epoch, _ORDER), lo, hi, b)   # pad: slots past n wrap to the start
+        mine = self.order_range(n, make_rng(seed, epoch, _ORDER), lo, hi, b)   # pad: slots past m wrap to the start
         cuts = _fetch_cuts(len(mine), b, k, self.fetch_factor, sizes)
         if self.shuffle_in_fetch: mine = _shuffle_segments(mine, cuts, make_rng(seed, epoch, _MIX, dist.rank))
         rows = mine if idx is None else idx[mine]
@@ -439,7 +444,47 @@ class RandomShuffleStrategy(ShuffleStrategy):
         full = self.order(n, rng)
         return _cyclic(n, lo, hi, lambda a, b: full[a:b].astype(np.int64))
 
-# %% ../nbs/02_shuffle.ipynb #513d31a4
+# %% ../nbs/02_shuffle.ipynb #073e40c3
+class WeightedShuffleStrategy(ShuffleStrategy):
+    "Each epoch, `samples_per_epoch` rows drawn with replacement with probability ∝ `weights`, cut into fetches."
+    name = 'weighted'
+    def __init__(self, weights, # one non-negative weight per row of the `indices` to be planned
+                 samples_per_epoch: int|None=None, # draws per epoch; default: as many as rows
+                 fetch_factor: int=16, # mini-batches per fetch
+                ):
+        super().__init__(fetch_factor)
+        w = np.asarray(weights, dtype=float)
+        if w.ndim != 1 or w.size == 0: raise ValueError(f"weights must be a non-empty 1-D array, got shape {w.shape}")
+        if not np.all(np.isfinite(w)) or (w < 0).any(): raise ValueError("weights must be finite and non-negative")
+        if w.sum() <= 0: raise ValueError("weights must not all be zero")
+        self.weights = w
+        self.samples_per_epoch = None if samples_per_epoch is None else check_positive_int(samples_per_epoch, 'samples_per_epoch')
+
+    @classmethod
+    def class_balanced(cls, labels, # one label per row of the `indices` to be planned
+                       samples_per_epoch: int|None=None, # draws per epoch; default: as many as rows
+                       fetch_factor: int=16, # mini-batches per fetch
+                      ) -> 'WeightedShuffleStrategy':
+        "Weights `1 / count(label)`: every label drawn equally often."
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or lab.size == 0: raise ValueError(f"labels must be a non-empty 1-D array, got shape {lab.shape}")
+        if pd.isna(lab).any(): raise ValueError(f"labels has {int(pd.isna(lab).sum())} missing values; give every row a label")
+        _, codes, counts = np.unique(lab, return_inverse=True, return_counts=True)
+        return cls(1.0 / counts[codes], samples_per_epoch, fetch_factor)
+
+    def epoch_length(self, n):
+        if n != len(self.weights):
+            raise ValueError(f"weights has {len(self.weights)} entries but {n} rows are planned: give one weight per index")
+        return self.samples_per_epoch or n
+
+    def order(self, n, rng, batch_size=1):
+        return rng.choice(n, size=self.epoch_length(n), p=self.weights / self.weights.sum()).astype(np.int64)
+
+    def __repr__(self):
+        return (f"WeightedShuffleStrategy(weights=<{len(self.weights)} rows>, samples_per_epoch={self.samples_per_epoch}, "
+                f"fetch_factor={self.fetch_factor})")
+
+# %% ../nbs/02_shuffle.ipynb #c356c6d5
 def plan_world(strategy: ShuffleStrategy, # the strategy to plan with
                indices, # an int `n` or global row ids
                batch_size: int, # mini-batch size

@@ -366,3 +366,46 @@ def test_stratified_random_split_keeps_every_label_mix(counts, seed, fracs, meth
             assert abs(got[t] - c * fr) < 1 + 1e-9                      # each label split in proportion, within one row
     again = random_split(idx, *fracs, seed=seed, method=method, stratify=labels)
     for a, b in zip(parts, again): np.testing.assert_array_equal(a, b)
+
+
+@settings(**SETTINGS)
+@given(n=st.integers(1, 200), extra=st.integers(-50, 300), b=st.integers(1, 9), world=st.sampled_from([1, 2, 3]),
+       num_workers=st.sampled_from([0, 1, 2]), mode=modes, seed=st.integers(0, 10**6), data=st.data())
+def test_weighted_draws_each_slot_exactly_once(n, extra, b, world, num_workers, mode, seed, data):
+    "Weighted sampling: the epoch's draw (with replacement) is delivered slot by slot exactly once, equal batches per rank."
+    from spatial_dl.shuffle import WeightedShuffleStrategy, _ORDER
+    from spatial_dl.core import make_rng
+    drop_last, pad = mode
+    weights = np.array(data.draw(st.lists(st.floats(0, 5), min_size=n, max_size=n)))
+    if weights.sum() <= 0: weights[0] = 1.0
+    m = max(1, n + extra)
+    s = WeightedShuffleStrategy(weights, samples_per_epoch=m, fetch_factor=data.draw(st.integers(1, 4)))
+    indices = np.arange(1000, 1000 + n)
+    if not feasible(m, b, world, drop_last, pad):
+        with pytest.raises(ValueError, match='drop_last|pad=True'):
+            s.plan(indices, b, seed, 1, DistInfo(0, world), drop_last, pad)
+        return
+    plans = plan_world(s, indices, b, world, num_workers, seed, 1, drop_last, pad)
+    rows = np.sort(np.concatenate([p.rows for p in plans.values()]))
+    draw = indices[s.order(n, make_rng(seed, 1, _ORDER), b)]
+    k = s.num_batches(n, b, world, drop_last, pad)
+    expected = np.sort(np.resize(draw, k * world * b)) if (drop_last or pad) else np.sort(draw)
+    np.testing.assert_array_equal(rows, expected)
+    assert np.all(weights[rows - 1000] > 0)                          # zero-weight rows are never drawn
+    for r in range(world):
+        assert sum(plans[r, w].n_batches for w in range(max(1, num_workers))) == k
+
+
+def test_class_balanced_evens_out_labels():
+    from spatial_dl.shuffle import WeightedShuffleStrategy
+    labels = np.repeat(['a', 'b', 'c'], [9000, 900, 100])
+    s = WeightedShuffleStrategy.class_balanced(labels, samples_per_epoch=30_000)
+    p = s.plan(10_000, 100, seed=0, epoch=0, dist=DistInfo())
+    shares = np.unique(labels[p.rows], return_counts=True)[1] / p.n_rows
+    np.testing.assert_allclose(shares, [1 / 3] * 3, atol=0.02)
+    assert not np.array_equal(p.rows, s.plan(10_000, 100, seed=0, epoch=1, dist=DistInfo()).rows)
+    np.testing.assert_array_equal(p.rows, s.plan(10_000, 100, seed=0, epoch=0, dist=DistInfo()).rows)
+    with pytest.raises(ValueError, match='samples_per_epoch must be a positive integer'):
+        WeightedShuffleStrategy(np.ones(3), samples_per_epoch=0)
+    with pytest.raises(ValueError, match='weights must be a non-empty 1-D array'):
+        WeightedShuffleStrategy([])
