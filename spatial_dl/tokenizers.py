@@ -897,7 +897,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #07f4b81b
+# %% ../nbs/06_tokenizers.ipynb #8f2a617f
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -912,31 +912,34 @@ def _features(obs_types: dict):
     for k, kind in obs_types.items(): f[k] = hfd.Value('string') if kind == 'str' else hfd.Value('int64' if kind == 'int' else 'float64')
     return hfd.Features(f)
 
-def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_dir, progress):
-    "Tokenize rows [start, stop) of one file into an Arrow shard at shard_dir; returns the tokenizer stats."
-    import datasets as hfd
+def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_file, progress):
+    "Tokenize rows [start, stop) of one file into an Arrow file (one record batch per chunk); returns the tokenizer stats."
+    import pyarrow as pa
+    from datasets.arrow_writer import ArrowWriter
     tok.stats, tok._cmap, tok._cmap_src, tok._ccols = dict.fromkeys(tok.stats, 0), None, None, None   # unknown genes: once per job
     coll = H5adCollection([path], var_key=tok.gene_key)
     src = _Source(tok, coll)
     obs = {k: _obs_values(coll, k) for k in obs_keys}
-    def gen():
+    feats = _features(obs_types)
+    w = ArrowWriter(features=feats, path=str(shard_file))
+    try:
         for s in tqdm(range(start, stop, chunk_size), desc=Path(path).name, disable=not progress, leave=False):
             rows = np.arange(s, min(s + chunk_size, stop))
             ids, lens = src.tokenize(rows)
-            for j in np.flatnonzero(lens).tolist():
-                ex = {'input_ids': ids[j, :lens[j]].astype(np.int32), 'length': int(lens[j]), 'source_file': file_index,
-                      'source_row': int(rows[j])}
-                for k in obs_keys:
-                    v = obs[k][rows[j]]
-                    ex[k] = None if v is None else (str(v) if obs_types[k] == 'str' else v.item() if hasattr(v, 'item') else v)
-                yield ex
-    try: ds = hfd.Dataset.from_generator(gen, features=_features(obs_types), cache_dir=str(Path(shard_dir).parent / 'cache'),
-                                         keep_in_memory=False)
-    except hfd.exceptions.DatasetGenerationError as e:      # surface our own error (it names the file), not HF's wrapper
-        root = e.__cause__ or e.__context__
-        if root is not None: raise root from None
-        raise
-    ds.save_to_disk(str(shard_dir))
+            keep = lens > 0
+            ids, lens, rows = ids[keep], lens[keep], rows[keep]
+            vals = ids[np.arange(ids.shape[1])[None, :] < lens[:, None]].astype(np.int32)   # row-major: cell by cell
+            offs = np.zeros(len(lens) + 1, np.int64); np.cumsum(lens, out=offs[1:])
+            cols = {'input_ids': pa.LargeListArray.from_arrays(pa.array(offs), pa.array(vals)).cast(feats.arrow_schema.field('input_ids').type),
+                    'length': pa.array(lens.astype(np.int32)), 'source_file': pa.array(np.full(len(lens), file_index, np.int32)),
+                    'source_row': pa.array(rows.astype(np.int64))}
+            for k in obs_keys:
+                v = obs[k][rows]
+                cols[k] = pa.array([None if x is None else str(x) for x in v.tolist()], pa.string()) if obs_types[k] == 'str' else \
+                          pa.array(v.astype(np.int64 if obs_types[k] == 'int' else np.float64))
+            w.write_table(pa.table(cols, schema=feats.arrow_schema))
+        w.finalize()
+    finally: w.close()
     coll.close()
     return dict(tok.stats)
 
@@ -980,7 +983,7 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
     _warm_numba()                                      # compile once, before worker processes fork
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        args = [(tokenizer, p, i, s, e, obs_keys, obs_types, chunk_size, work / f"shard_{j:05d}", progress and num_workers == 1)
+        args = [(tokenizer, p, i, s, e, obs_keys, obs_types, chunk_size, work / f"shard_{j:05d}.arrow", progress and num_workers == 1)
                 for j, (p, i, s, e) in enumerate(jobs)]
         bar = tqdm(total=len(args), desc='tokenize jobs', disable=not progress or len(args) == 1)
         stats = []
@@ -991,7 +994,7 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
             with mp.get_context('fork').Pool(min(num_workers, len(args))) as pool:
                 for s in pool.imap(_job_star, args): stats.append(s); bar.update()
         bar.close()
-        ds = hfd.concatenate_datasets([hfd.load_from_disk(str(a[-2])) for a in args])
+        ds = hfd.concatenate_datasets([hfd.Dataset.from_file(str(a[-2])) for a in args])
         final = work / 'dataset'
         ds.save_to_disk(str(final))
         lengths = [int(x) for x in hfd.load_from_disk(str(final))['length']]
