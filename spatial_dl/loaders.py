@@ -222,7 +222,7 @@ def _finish(self: AnnDataset, batch: dict) -> dict:
 
 AnnDataset._load_fetch, AnnDataset._densify, AnnDataset._after, AnnDataset._finish = _load_fetch, _densify, _after, _finish
 
-# %% ../nbs/04_loaders.ipynb #afacba04
+# %% ../nbs/04_loaders.ipynb #d209e47c
 _END, _DONE = object(), object()
 
 class _Failure:
@@ -251,12 +251,42 @@ def _run_thread(items, work, q, stop, go=None, started=None):
     finally:
         if started is not None: started.set()
 
+def _drain(q, stop):
+    "Items put into `q` by the feeder thread, until `_DONE`."
+    while True:
+        try: x = q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set(): return
+            continue
+        if x is _DONE: return
+        if isinstance(x, _Failure): raise x.exc
+        yield x
+
+def _feed(items, ins, stop):
+    "Feeder thread: item i of an iterator goes to thread i % n."
+    fed = 0
+    try:
+        for it in items:
+            if not _put(ins[fed % len(ins)], it, stop): return
+            fed += 1
+        for q in ins: _put(q, _DONE, stop)
+    except BaseException as e:                      # the failing item's thread re-raises it, in order
+        _put(ins[fed % len(ins)], _Failure(e), stop)
+        for q in ins: _put(q, _DONE, stop)
+
 def _pipelined(items, work, n_threads: int, queue_size: int=2):
-    "Finished batches of `items` in order, `work` spread over threads (thread k takes items k, k+n, ...; an iterator: one thread)."
-    n = max(1, min(n_threads, len(items))) if isinstance(items, (list, tuple)) else 1
-    parts = [items[k::n] for k in range(n)] if n > 1 else [items]
-    qs, stop = [queue.Queue(maxsize=queue_size) for _ in range(n)], threading.Event()
-    first = threading.Event()
+    "Finished batches of `items` (a list, or an iterator) in order, `work` spread over threads (thread k: items k, k+n, ...)."
+    stop = threading.Event()
+    if isinstance(items, (list, tuple)):
+        n = max(1, min(n_threads, len(items)))
+        parts = [items[k::n] for k in range(n)]
+    elif n_threads <= 1: n, parts = 1, [items]
+    else:
+        n = n_threads
+        ins = [queue.Queue(maxsize=1) for _ in range(n)]
+        parts = [_drain(ins[k], stop) for k in range(n)]
+        threading.Thread(target=_feed, args=(items, ins, stop), daemon=True, name='spatial_dl-feeder').start()
+    qs, first = [queue.Queue(maxsize=queue_size) for _ in range(n)], threading.Event()
     ths = [threading.Thread(target=_run_thread, args=(parts[k], work, qs[k], stop, first if k else None, None if k else first),
                             daemon=True, name=f'spatial_dl-loader-{k}') for k in range(n)]
     for t in ths: t.start()
@@ -270,7 +300,7 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2):
             yield b
     finally: stop.set()
 
-# %% ../nbs/04_loaders.ipynb #95f2e160
+# %% ../nbs/04_loaders.ipynb #d157610e
 def _iter_fetches(self: AnnDataset, fetches) -> 'Iterator[list[dict]]':
     "Raw mini-batches of each fetch (for DataLoader workers), the next fetch read by a background thread."
     if not self.prefetch: 
@@ -289,8 +319,13 @@ def _densified(self: AnnDataset, f: np.ndarray):
     item.reverse()
     while item: yield self._densify(item.pop())
 
+def _split_first(fetches: list, b: int) -> list:
+    "The first fetch as its first batch + the rest (identical batches; the first one arrives after a small read)."
+    if fetches and len(fetches[0]) > b: return [fetches[0][:b], fetches[0][b:]] + list(fetches[1:])
+    return fetches
+
 def _iter(self: AnnDataset):
-    fetches = self._worker_fetches()
+    fetches = _split_first(self._worker_fetches(), self.batch_size)
     if not self.prefetch:
         for f in fetches:
             for b in self._densified(f): yield self._after(b)
@@ -300,7 +335,7 @@ def _iter(self: AnnDataset):
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 
-# %% ../nbs/04_loaders.ipynb #c334a5ba
+# %% ../nbs/04_loaders.ipynb #8155bcb0
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
@@ -352,8 +387,11 @@ class _FetchStream(IterableDataset):
         ds = self.ds
         if self.shared_epoch is not None: ds.epoch = int(self.shared_epoch.value)
         if self.rank_world is not None: ds.rank, ds.world_size = self.rank_world
-        fetches = ds._iter_fetches(ds._worker_fetches())
-        if torch.utils.data.get_worker_info() is None: return fetches
+        wi = torch.utils.data.get_worker_info()
+        own = ds._worker_fetches()
+        if wi is not None and wi.num_workers == 1: own = _split_first(own, ds.batch_size)   # keeps the order
+        fetches = ds._iter_fetches(own)
+        if wi is None: return fetches
         return self._shared(fetches)
     def _shared(self, fetches):
         pool = self.ds.reader._pool = _ShmPool()
@@ -365,7 +403,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #f50db237
+# %% ../nbs/04_loaders.ipynb #0d0a1111
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -403,7 +441,7 @@ class AnnDataLoader(DataLoader):
         def work(item):                                 # densify a worker's fetch in a main-process thread
             item.reverse()
             while item: yield ds._densify(_unpack(item.pop()))
-        for b in _pipelined(super().__iter__(), work, 1): yield ds._after(b)
+        for b in _pipelined(super().__iter__(), work, ds.num_threads if ds.prefetch else 1): yield ds._after(b)
 
     def __len__(self) -> int: return len(self.ann_dataset)
     def set_epoch(self, epoch: int): self.ann_dataset.set_epoch(epoch)
