@@ -75,7 +75,7 @@ class ProjectionHead(nn.Module):
         x = self.norm(x)
         return self.mlp(x) + self.skip(x)
 
-# %% ../nbs/12_contrastive.ipynb #e43cbbcf
+# %% ../nbs/12_contrastive.ipynb #c94d8ce4
 class ContrastiveModule(L.LightningModule):
     "CLIP-style alignment of morphology and transcription embeddings (symmetric InfoNCE, learnable temperature)."
     def __init__(self, morph_dim: int, # width of the morphology embedding
@@ -97,7 +97,7 @@ class ContrastiveModule(L.LightningModule):
         self.morph_head = ProjectionHead(morph_dim, embed_dim, hidden_dim, dropout)
         self.tx_head = ProjectionHead(tx_dim, embed_dim, hidden_dim, dropout)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)), requires_grad=learn_temperature)
-        self._val = []
+        self._val, self._vloss = [], torch.zeros(2)
 
     @property
     def logit_scale(self) -> torch.Tensor: return self.log_scale.clamp(max=math.log(100)).exp()
@@ -130,16 +130,19 @@ class ContrastiveModule(L.LightningModule):
         ds = getattr(dl, 'dataset', None)
         if hasattr(ds, 'set_epoch'): ds.set_epoch(self.current_epoch)
 
-    def on_validation_epoch_start(self): self._val = []
+    def on_validation_epoch_start(self): self._val, self._vloss = [], torch.zeros(2, device=self.device)
     def validation_step(self, batch, batch_idx):
         zm, zt = self(batch[0], batch[1])
         self._val.append((zm.detach(), zt.detach()))
-        self.log('val_loss', clip_loss(zm, zt, self.logit_scale), batch_size=len(zm), sync_dist=True)
+        self._vloss += torch.stack([clip_loss(zm, zt, self.logit_scale).detach() * len(zm), torch.tensor(float(len(zm)), device=self.device)])
     def on_validation_epoch_end(self):
+        # metrics are reduced here, once, with every rank taking part — even one whose val shards ran out (or that had
+        # none): a per-step `sync_dist` would leave the ranks with more batches waiting in a collective
         d = self.hparams.embed_dim
         zm = torch.cat([a for a, _ in self._val]) if self._val else torch.zeros(0, d, device=self.device)
         zt = torch.cat([b for _, b in self._val]) if self._val else torch.zeros(0, d, device=self.device)
-        if self.trainer.world_size > 1:  # every rank takes part, even one that got no val shard  # pad to a common length, gather, unpad: every rank scores the full val set
+        vl = self.all_gather(self._vloss).reshape(-1, 2).sum(0) if self.trainer.world_size > 1 else self._vloss
+        if self.trainer.world_size > 1:  # pad to a common length, gather, unpad: every rank scores the full val set
             n = self.all_gather(torch.tensor(len(zm), device=zm.device)); mx = int(n.max())
             pad = lambda z: torch.cat([z, z.new_zeros(mx - len(z), z.shape[1])])
             gm, gt = self.all_gather(pad(zm)), self.all_gather(pad(zt))
@@ -147,6 +150,7 @@ class ContrastiveModule(L.LightningModule):
         self._val = []
         if len(zm) == 0: return
         m = retrieval_metrics(zm, zt, self.hparams.ks); m.pop('n')
+        m['loss'] = float(vl[0] / vl[1])  # mean per-batch InfoNCE over the validation samples of all ranks
         self.log_dict({f'val_{k}': v for k, v in m.items()}, prog_bar=False, sync_dist=False, rank_zero_only=False)
         self._val = []
 
@@ -190,7 +194,7 @@ def export_embeddings(model: ContrastiveModule, # a trained module
             with open(tmp, 'wb') as f: np.savez(f, **res)  # plain arrays: np.load(..., allow_pickle=False) reads it
     return res
 
-# %% ../nbs/12_contrastive.ipynb #c4a8ded0
+# %% ../nbs/12_contrastive.ipynb #9b3d0235
 def train_contrastive(shards: str|Path, # folder written by `prepare_shards`
                       out_dir: str|Path|None=None, # where to write model.ckpt, embeddings.npz, metrics.json (None: nothing)
                       epochs: int=10, # training epochs
@@ -222,9 +226,9 @@ def train_contrastive(shards: str|Path, # folder written by `prepare_shards`
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*(does not have many workers|IterableDataset|Total length|infer the `batch_size`|sync_dist).*')
         trainer = L.Trainer(**kw)
-        before = trainer.validate(model, vl, verbose=False)[0] if vl is not None else {}
+        before = (trainer.validate(model, vl, verbose=False) or [{}])[0] if vl is not None else {}
         t0 = time.perf_counter(); trainer.fit(model, tl, vl); fit_s = time.perf_counter() - t0
-        after = trainer.validate(model, vl, verbose=False)[0] if vl is not None else {}
+        after = (trainer.validate(model, vl, verbose=False) or [{}])[0] if vl is not None else {}
     res = dict(before=before, after=after, fit_seconds=fit_s, steps=int(trainer.global_step), epochs=int(trainer.current_epoch),
                model=model, trainer=trainer)
     if out is not None:
