@@ -897,7 +897,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #a08cefc9
+# %% ../nbs/06_tokenizers.ipynb #409e8d43
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -996,12 +996,11 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
         bar.close()
         ds = hfd.concatenate_datasets([hfd.Dataset.from_file(str(a[-2])) for a in args])
         final = work / 'dataset'
-        from datasets.utils import tqdm as hf_tqdm
-        quiet = not progress and not hf_tqdm.are_progress_bars_disabled()
-        if quiet: hf_tqdm.disable_progress_bars()
+        quiet = not progress and hfd.is_progress_bar_enabled()
+        if quiet: hfd.disable_progress_bars()
         try: ds.save_to_disk(str(final))
         finally:
-            if quiet: hf_tqdm.enable_progress_bars()
+            if quiet: hfd.enable_progress_bars()
         lengths = [int(x) for x in hfd.load_from_disk(str(final))['length']]
         with open(final / 'example_lengths.pkl', 'wb') as f: pickle.dump(lengths, f)
         total = {k: sum(s[k] for s in stats) for k in stats[0]}
