@@ -288,7 +288,7 @@ def train_contrastive_ray(shards: str|Path, # folder written by `prepare_shards`
                                                           name=name or f"contrastive-{int(time.time())}"))
     return trainer.fit()
 
-# %% ../nbs/12_contrastive.ipynb #d2984f19
+# %% ../nbs/12_contrastive.ipynb #bf2417c3
 def train_contrastive_main(argv: list[str]|None=None) -> int:
     "`spatial-dl train-contrastive`: fit on prepared shards, write checkpoint/embeddings/metrics, print a summary."
     p = argparse.ArgumentParser(prog='spatial-dl train-contrastive', description='Train a CLIP-style morphology/transcription model on prepared shards.')
