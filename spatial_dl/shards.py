@@ -145,13 +145,14 @@ def pair_embeddings(n_morph: int, # number of morphology rows
     morph_rows = idx[tx_rows]
     return Pairing(tx_rows, morph_rows, [ids[i] for i in tx_rows], int((~ok).sum()), int(n_morph - len(morph_rows)))
 
-# %% ../nbs/11_shards.ipynb #c30be186
-def check_embedding(a: np.ndarray, # array to check
+# %% ../nbs/11_shards.ipynb #cafec7ec
+def check_embedding(a: np.ndarray, # array or tensor to check
                     name: str, # what to call it in errors
                     ncols: int|None=None, # required number of columns
                    ) -> np.ndarray:
     "`a` as a 2-D float array, or an error naming `name` (wrong shape; NaN/inf, with the offending rows)."
-    a = np.asarray(a.float() if isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 else a)
+    if isinstance(a, torch.Tensor): a = (a.float() if a.dtype == torch.bfloat16 else a).detach().cpu().numpy()
+    a = np.asarray(a)
     if a.ndim != 2: raise ValueError(f"{name} must be 2-D (rows x dims), got shape {a.shape}")
     if ncols is not None and a.shape[1] != ncols: raise ValueError(f"{name} must have {ncols} columns, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.number): raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
@@ -590,14 +591,26 @@ def _unbatched(src, dtype: str):
     for m, t, meta in src:
         yield from_storage(m, dtype), from_storage(t, dtype), torch.tensor([meta['x'], meta['y']], dtype=torch.float32), meta
 
-# %% ../nbs/11_shards.ipynb #bd96cc58
+# %% ../nbs/11_shards.ipynb #d20fa1d2
 class PairedShards(wds.DataPipeline):
     "A `webdataset.DataPipeline` over prepared shards, with `set_epoch` and the `manifest`."
+    def __init__(self, *stages):
+        super().__init__(*stages); self.epoch, self._iters = 0, 0
+
     def set_epoch(self, epoch: int):
         "Select the shard order and shuffle of `epoch` (call before iterating, in the main process)."
+        self.epoch, self._iters = int(epoch), 0
         for st in self.pipeline:
-            if hasattr(st, 'set_epoch'): st.set_epoch(epoch)
-            elif isinstance(st, _Shuffle): st.epoch = int(epoch)
+            if isinstance(st, ShardSource): st.capture()
+
+    def __iter__(self):
+        # epoch of this pass: the one set, plus the passes this copy has already made since — so a persistent
+        # DataLoader worker (whose copy never sees set_epoch) still moves on each epoch, and a fresh copy starts
+        # at the epoch set in the main process
+        e = self.epoch + self._iters; self._iters += 1
+        for st in self.pipeline:
+            if isinstance(st, (ShardSource, _Shuffle)): st.epoch = e
+        return super().__iter__()
 
 def shard_pipeline(root: str|Path, # a folder written by `prepare_shards`
                    split: str='train', # 'train' or 'val'

@@ -287,6 +287,21 @@ def test_set_epoch_changes_order_reproducibly(tmp_path):
     assert order(0) != order(1) and sorted(order(0)) == sorted(order(1))
 
 
+def test_epochs_advance_in_main_process_and_persistent_workers(tmp_path):
+    morph, pos, tx, ids, _ = _data(n=200)
+    prepare_shards(morph, pos, tx, ids, tmp_path, 'ds', val_fraction=0.0, max_count=10)
+    p = shard_pipeline(tmp_path, 'train', shuffle_buffer=50, seed=2)
+    keys = lambda it: [k for *_, meta in it for k in np.atleast_1d(meta['key'])]
+    a, b = keys(p), keys(p)
+    assert a != b and sorted(a) == sorted(b)  # a second pass is the next epoch
+    p.set_epoch(0); assert keys(p) == a        # set_epoch goes back to a given epoch
+    p.set_epoch(1); assert keys(p) == b
+    dl = torch.utils.data.DataLoader(shard_pipeline(tmp_path, 'train', batch_size=10, shuffle_buffer=50, seed=2),
+                                     batch_size=None, num_workers=2, persistent_workers=True)
+    e0, e1 = keys(dl), keys(dl)
+    assert e0 != e1 and sorted(e0) == sorted(e1) == sorted(a)  # persistent workers move on too, each sample once
+
+
 def test_ddp_refuses_too_few_shards(tmp_path):
     morph, pos, tx, ids, _ = _data(n=20)
     prepare_shards(morph, pos, tx, ids, tmp_path, 'ds', val_fraction=0.0)
