@@ -22,8 +22,8 @@ from .shuffle import (ShuffleStrategy, SequentialShuffleStrategy, BlockShuffleSt
                                 FetchPlan, as_indices)
 from .readers import H5adCollection, BufferPool
 
-# %% ../nbs/04_loaders.ipynb #9d023ebe
-DEFAULT_BLOCK_SIZE = 2   # see "Choosing block_size" below: small blocks are nearly free with this reader
+# %% ../nbs/04_loaders.ipynb #9ab04f74
+DEFAULT_BLOCK_SIZE = 16   # see "Performance" below: with stratified blocks, 16 already mixes like a full shuffle
 
 _STRATEGIES = {'block': BlockShuffleStrategy, 'random': RandomShuffleStrategy, 'sequential': SequentialShuffleStrategy}
 
@@ -86,7 +86,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #4c1f2617
+# %% ../nbs/04_loaders.ipynb #fcc3161e
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -110,7 +110,7 @@ class AnnDataset(IterableDataset):
                  var_join=None, # gene alignment across files: None, 'inner', 'outer' or a gene list
                  var_key: str|None=None, # var column holding gene ids (None: the var index)
                  prefetch: bool=True, # read (and densify) ahead in background threads; False: everything in the caller's thread
-                 num_threads: int=2, # background threads, each reading and densifying every `num_threads`-th fetch
+                 num_threads: int=1, # background threads, each reading and densifying every `num_threads`-th fetch
                  block_size: int|None=None, # block size for strategy='block' (default `DEFAULT_BLOCK_SIZE`)
                  fetch_factor: int|None=None, # mini-batches per read for strategies given by name (default 16)
                 ):
@@ -455,7 +455,7 @@ def make_dataloader(dataset: AnnDataset, # the dataset to load from
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     return AnnDataLoader(dataset, num_workers=int(num_workers), **kwargs)
 
-# %% ../nbs/04_loaders.ipynb #92ef22c4
+# %% ../nbs/04_loaders.ipynb #bd2e0ae1
 def _split_fracs(split) -> tuple:
     f = tuple(float(x) for x in split)
     if len(f) == 2: f = f + (0.0,)
