@@ -10,6 +10,8 @@ round-robin over `--repeats` rounds and medians are reported. See bench/README.m
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
 import importlib.util
 import math
 import os
@@ -352,6 +354,16 @@ def candidates(path, n_vars, n_batches, warmup, max_seconds, workers=(1, 2), sam
     return c
 
 
+def code_fingerprint() -> str|None:
+    "Hash of the installed spatial_dl package's .py files: compared before and after a run to catch code edited mid-run."
+    spec = importlib.util.find_spec('spatial_dl')
+    if spec is None or not spec.submodule_search_locations: return None
+    h = hashlib.sha1()
+    for f in sorted(Path(list(spec.submodule_search_locations)[0]).glob('*.py')):
+        h.update(f.name.encode()); h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _avail(mod: str) -> bool:
     try: return importlib.util.find_spec(mod) is not None
     except Exception: return False
@@ -394,9 +406,9 @@ def main(argv=None) -> int:
     p.add_argument('--data-dir', default=os.environ.get('SPATIAL_DL_BENCH_DATA', '/tmp/spatial_dl_bench'),
                    help='where the generated .h5ad files are kept and reused')
     p.add_argument('--only', default=None, help='comma-separated substrings: run only candidates whose name contains one')
-    p.add_argument('--n-obs', type=int, default=None, help=argparse_hidden())
-    p.add_argument('--n-vars', type=int, default=None, help=argparse_hidden())
-    p.add_argument('--n-batches', type=int, default=None, help=argparse_hidden())
+    p.add_argument('--n-obs', type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument('--n-vars', type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument('--n-batches', type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     t_all = time.perf_counter()
     n_obs = a.n_obs or (20_000 if a.quick else 100_000)
@@ -425,10 +437,12 @@ def main(argv=None) -> int:
     if _avail('annbatch'):
         cands['annbatch'] = (f'{Path(__file__).resolve()}:run_annbatch', dict(path=str(path), n_vars=n_vars))
     else:
-        skipped.append({'name': 'annbatch', 'note': f'not available: does not import on Python {sys.version.split()[0]} (needs >= 3.12)'})
+        skipped.append({'name': 'annbatch', 'note': f'not available: not installed (annbatch needs Python >= 3.12; this is {sys.version.split()[0]})'})
     print(f'file: {path} ({path.stat().st_size / 2**30:.2f} GiB, {n_obs:,} x {n_vars:,}); ideal TV {tv_ideal:.3f}; '
           f'{len(cands)} candidates x {repeats} rounds; load {os.getloadavg()[0]:.1f}', file=sys.stderr)
+    fp_before, load_start = code_fingerprint(), os.getloadavg()[0]
     rows = interleaved(cands, repeats=repeats, timeout=a.timeout)
+    fp_after = code_fingerprint()
     for r in rows:
         lb = r.pop('_label_batches', None)
         if lb: r.update(tv_mixing([np.asarray(b, np.int64) for b in lb], labels))
@@ -447,20 +461,18 @@ def main(argv=None) -> int:
     print_table([{'ratio': k, **v} for k, v in ratios.items()],
                 ['ratio', ('value', 'value', '{:,.3f}'), ('target', 'goal'), 'pass', 'note'])
     elapsed = time.perf_counter() - t_all
-    print(f'\ntotal {elapsed:.0f} s; load average now {os.getloadavg()[0]:.1f}', file=sys.stderr)
+    print(f'\ntotal {elapsed:.0f} s; load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} now', file=sys.stderr)
+    if fp_before != fp_after:
+        print('WARNING: spatial_dl source files changed during this run: rows may mix code versions', file=sys.stderr)
     write_json(a.json, rows, ratios, packages=PACKAGES, extra={
         'benchmark': 'loaders', 'command': ' '.join([Path(sys.executable).name, *sys.argv]) if argv is None else argv,
         'params': dict(n_obs=n_obs, n_vars=n_vars, batch_size=256, n_batches=n_batches, warmup=warmup,
                        max_seconds=max_seconds, repeats=repeats, quick=a.quick),
         'data': {'path': str(path), 'generator': gen, 'bytes': path.stat().st_size, 'ideal_tv': tv_ideal},
-        'medians': med, 'not_available': skipped, 'elapsed_s': elapsed})
+        'medians': med, 'not_available': skipped, 'elapsed_s': elapsed, 'loadavg_1m_start': load_start,
+        'spatial_dl_code': {'before': fp_before, 'after': fp_after, 'changed_during_run': fp_before != fp_after}})
     if a.json: print(f'wrote {a.json}', file=sys.stderr)
     return 0
-
-
-def argparse_hidden():
-    import argparse
-    return argparse.SUPPRESS
 
 
 if __name__ == '__main__':

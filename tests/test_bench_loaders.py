@@ -131,7 +131,7 @@ def test_loaders_quick_smoke(tmp_path):
     # machine info and versions
     for k in ('cpu_model', 'cpu_count', 'ram_gb', 'python', 'git', 'env', 'packages'): assert k in doc['machine'], k
     assert doc['versions']['numpy'] and doc['versions']['anndata'] and doc['params']['quick'] is True
-    assert doc['data']['generator'] and doc['data']['ideal_tv'] > 0
+    assert doc['data']['generator'] and doc['data']['ideal_tv'] > 0 and 'changed_during_run' in doc['spatial_dl_code']
     # a row for every candidate that imports; the others are listed as not available
     med = {m['name']: m for m in doc['medians']}
     expected = ['AnnLoader (backed)', 'naive sorted-batch reads', 'in-memory CSR reference']
