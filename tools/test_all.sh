@@ -13,7 +13,7 @@ echo "== 2/3 executing notebooks (nbdev_test; cells flagged gpu or slow are skip
 $BIN/nbdev_test --n_workers 2 --timing || status=1
 [ $status -ne 0 ] && echo "!! notebook checks FAILED (above): this run exits non-zero whatever pytest reports"
 echo "== 3/3 pytest"
-$BIN/python -m pytest tests -q -p no:cacheprovider ${PYTEST_ARGS:-}
+$BIN/python -m pytest tests -q -p no:cacheprovider --durations=15 ${PYTEST_ARGS:-}
 rc=$?
 [ $rc -ne 0 ] && status=$rc
 exit $status
