@@ -6,8 +6,8 @@
 __all__ = ['DEFAULT_BLOCK_SIZE', 'make_strategy', 'csr_to_dense', 'csr_to_torch', 'AnnDataset', 'AnnDataLoader',
            'make_dataloader']
 
-# %% ../nbs/04_loaders.ipynb #ad581c76
-import os, sys, threading, ctypes, queue
+# %% ../nbs/04_loaders.ipynb #d49e7c94
+import os, sys, threading, ctypes, queue, time
 import multiprocessing as mp
 from pathlib import Path
 import numpy as np
@@ -335,20 +335,34 @@ def _iter(self: AnnDataset):
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 
-# %% ../nbs/04_loaders.ipynb #8155bcb0
+# %% ../nbs/04_loaders.ipynb #29650251
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
     def set_epoch(self, epoch: int): self.ds.set_epoch(epoch)
 
+_RING = 10   # reusable shared-memory arenas per DataLoader worker (2 per fetch in flight)
+
 class _ShmPool:
-    "Reader buffers in a DataLoader worker: fresh shared-memory tensors, so a fetch crosses to the main process without a copy."
-    def __init__(self): self.arenas = {}
+    "Reader buffers in a DataLoader worker: shared-memory tensors, reused once the main process hands them back."
+    def __init__(self, ring=None, worker: int=0):
+        self.arenas, self.slots, self.ring, self.worker = {}, [], ring, worker   # ring: shared int8 flags, 1 = in flight
+    def _new(self, nbytes):
+        t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(nbytes, 1)), 0, (max(nbytes, 1),), (1,))
+        return t, t.numpy()
     def take(self, nbytes: int) -> np.ndarray:
-        t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(int(nbytes), 1)), 0, (int(nbytes),), (1,))
-        a = t.numpy()
-        self.arenas[id(a)] = (a, t)
-        return a
+        nbytes, slot = int(nbytes), None
+        if self.ring is not None:
+            for k, (t, a) in enumerate(self.slots):
+                if int(self.ring[k]) == 0:
+                    if a.nbytes < nbytes: self.slots[k] = self._new(nbytes + nbytes // 4)
+                    slot = k; break
+            else:
+                if len(self.slots) < len(self.ring): self.slots.append(self._new(nbytes + nbytes // 4)); slot = len(self.slots) - 1
+        if slot is None: t, a = self._new(nbytes)          # no ring, or every arena in flight: a fresh one
+        else: t, a = self.slots[slot]; self.ring[slot] = 1
+        self.arenas[id(a)] = (a, t, slot)
+        return a[:nbytes]
     def array(self, shape, dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
         return self.take(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize).view(dtype).reshape(shape)
@@ -357,15 +371,16 @@ class _ShmPool:
         keys = (id(X.data.base), id(X.indices.base))
         hits = [self.arenas.get(k) for k in keys]
         if any(h is None for h in hits): return X, ()
-        (ad, td), (ai, ti) = hits
+        (ad, td, sd), (ai, ti, si) = hits
         offd, offi = X.data.ctypes.data - ad.ctypes.data, X.indices.ctypes.data - ai.ctypes.data
-        return _SharedCSR(td, offd, ti, offi, X.nnz, X.data.dtype.str, X.indices.dtype.str, X.indptr, X.shape), keys
+        return _SharedCSR(td, offd, ti, offi, X.nnz, X.data.dtype.str, X.indices.dtype.str, X.indptr, X.shape,
+                          (self.worker, sd, si)), keys
 
 class _SharedCSR:
     "A CSR matrix whose data and indices are slices of shared-memory tensors (sent by a worker, rebuilt in the main process)."
-    def __init__(self, td, offd, ti, offi, nnz, ddt, idt, indptr, shape):
+    def __init__(self, td, offd, ti, offi, nnz, ddt, idt, indptr, shape, slots=None):
         self.td, self.offd, self.ti, self.offi, self.nnz = td, offd, ti, offi, nnz
-        self.ddt, self.idt, self.indptr, self.shape = ddt, idt, indptr, shape
+        self.ddt, self.idt, self.indptr, self.shape, self.slots = ddt, idt, indptr, shape, slots
     def csr(self) -> sp.csr_matrix:
         dd, di = np.dtype(self.ddt), np.dtype(self.idt)
         data = self.td.numpy()[self.offd:self.offd + self.nnz * dd.itemsize].view(dd)
@@ -382,7 +397,7 @@ def _unpack(batch: dict) -> dict:
 class _FetchStream(IterableDataset):
     "What DataLoader workers iterate: whole fetches of raw (CSR) mini-batches."
     def __init__(self, ds: AnnDataset):
-        self.ds, self.shared_epoch, self.rank_world = ds, None, None
+        self.ds, self.shared_epoch, self.rank_world, self.ring, self.go = ds, None, None, None, None
     def __iter__(self):
         ds = self.ds
         if self.shared_epoch is not None: ds.epoch = int(self.shared_epoch.value)
@@ -394,7 +409,12 @@ class _FetchStream(IterableDataset):
         if wi is None: return fetches
         return self._shared(fetches)
     def _shared(self, fetches):
-        pool = self.ds.reader._pool = _ShmPool()
+        wi = torch.utils.data.get_worker_info()
+        ring = self.ring[wi.id] if self.ring is not None else None
+        pool = self.ds.reader._pool = _ShmPool(ring, wi.id)
+        if wi.id and self.go is not None:          # let worker 0 read the first fetch alone (time to first batch)
+            t0 = time.monotonic()
+            while int(self.go[0]) == 0 and time.monotonic() - t0 < 30: time.sleep(0.005)
         for item in fetches:
             used = set()
             for b in item:
@@ -403,7 +423,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #0d0a1111
+# %% ../nbs/04_loaders.ipynb #5c290311
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -421,12 +441,15 @@ class AnnDataLoader(DataLoader):
                 raise ValueError(f"make_dataloader: {k}= is not accepted: {why}")
         if kwargs.get('in_order') is False: raise ValueError("make_dataloader: in_order=False would change the planned order")
         nw = kwargs.get('num_workers', 0)
-        if nw and kwargs.get('prefetch_factor') is None: kwargs['prefetch_factor'] = 2  # items are whole fetches
+        if nw and kwargs.get('prefetch_factor') is None: kwargs['prefetch_factor'] = 1  # items are whole fetches (16 batches)
         stream = _FetchStream(dataset)
         if nw and kwargs.get('persistent_workers'):
             ctx = kwargs.get('multiprocessing_context') or mp.get_context()
             ctx = mp.get_context(ctx) if isinstance(ctx, str) else ctx
             stream.shared_epoch = ctx.RawValue('q', dataset.epoch)
+        if nw and dataset.output == 'dense':   # fetch buffers come back to the worker once densified
+            stream.ring = torch.zeros((nw, _RING), dtype=torch.int8).share_memory_()
+        if nw > 1: stream.go = torch.zeros(1, dtype=torch.int8).share_memory_()   # 1 once the first fetch arrived
         super().__init__(stream, batch_size=None, collate_fn=_identity, **kwargs)
         self.ann_dataset = dataset
         object.__setattr__(self, 'sampler', _EpochSampler(dataset))
@@ -438,9 +461,22 @@ class AnnDataLoader(DataLoader):
         if self.num_workers == 0:                      # in-process: the dataset's own threaded pipeline
             yield from ds
             return
+        ring, held = stream.ring, {}
+        if ring is not None: ring.zero_()                 # nothing is in flight when an epoch starts
+        if stream.go is not None: stream.go.zero_()
         def work(item):                                 # densify a worker's fetch in a main-process thread
+            if stream.go is not None: stream.go[0] = 1
+            slots = set()
+            for b in item:
+                X = b.get('X')
+                if isinstance(X, _SharedCSR) and X.slots is not None:
+                    w, sd, si = X.slots
+                    if sd is not None: slots.add((w, sd)); held[(w, sd)] = X.td   # keep the mapping: the next
+                    if si is not None: slots.add((w, si)); held[(w, si)] = X.ti   # send of it is not re-mapped
             item.reverse()
             while item: yield ds._densify(_unpack(item.pop()))
+            if ring is not None:
+                for w, k in slots: ring[w, k] = 0       # densified: the worker may refill these arenas
         for b in _pipelined(super().__iter__(), work, ds.num_threads if ds.prefetch else 1): yield ds._after(b)
 
     def __len__(self) -> int: return len(self.ann_dataset)
