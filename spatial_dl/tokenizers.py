@@ -599,7 +599,7 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #133f1782
+# %% ../nbs/06_tokenizers.ipynb #4c9f3079
 def _frame(self: RankValueTokenizer, parts: list) -> tuple[np.ndarray, np.ndarray]:
     "Concatenate padded parts [(ids, lengths), ...] row-wise, adding <cls>/<eos> when asked; padded ids and lengths."
     if len(parts) == 1 and not self.special_tokens: return parts[0][0], parts[0][1].copy()
@@ -610,12 +610,11 @@ def _frame(self: RankValueTokenizer, parts: list) -> tuple[np.ndarray, np.ndarra
     out = np.full((n, w), self.td.pad_id, np.int64)
     pos = np.zeros(n, np.int64)
     if self.special_tokens: out[:, 0] = self.td.cls_id; pos += 1
-    for ids, l in parts:
+    for j, (ids, l) in enumerate(parts):
         if ids.shape[1] == 0: continue
-        ar = np.arange(ids.shape[1])[None, :]
-        valid = ar < l[:, None]
-        r = np.broadcast_to(np.arange(n)[:, None], ids.shape)[valid]
-        out[r, (pos[:, None] + ar)[valid]] = ids[valid]
+        if j == 0: out[:, pos[0]:pos[0] + ids.shape[1]] = ids     # same start in every row: one block copy (pads get overwritten)
+        else:
+            for i in np.flatnonzero(l).tolist(): out[i, pos[i]:pos[i] + l[i]] = ids[i, :l[i]]
         pos += l
     if self.special_tokens: out[np.arange(n), pos] = self.td.eos_id; pos += 1
     return out, pos
