@@ -242,7 +242,7 @@ def train_contrastive(shards: str|Path, # folder written by `prepare_shards`
         res.update(checkpoint=out/'model.ckpt', embeddings=out/'embeddings.npz', metrics=out/'metrics.json')
     return res
 
-# %% ../nbs/12_contrastive.ipynb #51ddc109
+# %% ../nbs/12_contrastive.ipynb #f1fd58db
 def train_contrastive_ray(shards: str|Path, # folder written by `prepare_shards` (shared storage on a cluster)
                           num_workers: int=2, # Ray Train workers (DDP ranks)
                           epochs: int=10, batch_size: int=256, # per worker
@@ -288,7 +288,7 @@ def train_contrastive_ray(shards: str|Path, # folder written by `prepare_shards`
                                                           name=name or f"contrastive-{int(time.time())}"))
     return trainer.fit()
 
-# %% ../nbs/12_contrastive.ipynb #bf2417c3
+# %% ../nbs/12_contrastive.ipynb #8b7cc829
 def train_contrastive_main(argv: list[str]|None=None) -> int:
     "`spatial-dl train-contrastive`: fit on prepared shards, write checkpoint/embeddings/metrics, print a summary."
     p = argparse.ArgumentParser(prog='spatial-dl train-contrastive', description='Train a CLIP-style morphology/transcription model on prepared shards.')

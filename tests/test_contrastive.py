@@ -176,8 +176,9 @@ def test_lightning_ddp_two_ranks_gathers_negatives(tmp_path):
     m = prepare_shards(d['morph'], d['pos'], d['tx'], d['cell_ids'], root, 'demo', split='block', val_fraction=0.2,
                        block_size=400, groups=d['slide'], max_count=200)
     assert len(m['shards']['val']) == 1 and len(m['shards']['train']) >= 2
+    from spatial_dl.distributed import ddp_strategy  # the trainers' DDP helper (gloo on CPU, spawn launcher)
     res = train_contrastive(root, tmp_path / 'ddp', epochs=2, batch_size=32, embed_dim=16, hidden_dim=32,
-                            accelerator='cpu', devices=2, strategy='ddp_spawn', seed=0)
+                            accelerator='cpu', devices=2, strategy=ddp_strategy('cpu', 'spawn'), seed=0)
     tr = res['trainer']
     assert tr.world_size == 2
     assert tr.callback_metrics['candidates'].item() == 2 * 32  # each query saw both ranks' batches
