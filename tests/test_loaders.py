@@ -167,12 +167,13 @@ def test_hooks_run_and_tokenizer_skips_densify(data):
         np.testing.assert_array_equal(b['n_genes'].numpy(), (X[b['index'].numpy()] > 0).sum(1))
 
 
-def test_spawned_workers(data):
-    "Workers started with spawn (no inherited state) deliver the same batches as in-process loading."
+@pytest.mark.parametrize('method', ['fork', 'spawn'])
+def test_workers_fork_and_spawn(data, method):
+    "Workers started with fork or spawn (no inherited state) deliver the same batches as in-process loading."
     paths, adatas, X = data
     ds = AnnDataset(paths, rank=0, world_size=2, obs_keys=['cell_type'], **KW)
     ref = _indices(ds)
-    got = list(make_dataloader(ds, num_workers=2, multiprocessing_context='spawn'))
+    got = list(make_dataloader(ds, num_workers=2, multiprocessing_context=method))
     assert len(got) == len(ref)
     for b, r in zip(got, ref):
         np.testing.assert_array_equal(b['index'].numpy(), r)
@@ -257,3 +258,14 @@ def test_error_in_a_thread_reaches_the_caller(data):
     with pytest.raises(RuntimeError, match='tokenizer failed'): list(AnnDataset(paths, before_dense=boom, **KW))
     with pytest.raises(RuntimeError, match='tokenizer failed'):
         list(make_dataloader(AnnDataset(paths, before_dense=boom, **KW), num_workers=1))
+
+
+def test_plain_dataloader_over_the_dataset(data):
+    "A plain torch DataLoader (batch_size=None) over the dataset itself also delivers every row once, with right values."
+    from torch.utils.data import DataLoader
+    paths, adatas, X = data
+    ds = AnnDataset(paths, **KW)
+    got = list(DataLoader(ds, batch_size=None, num_workers=2))
+    rows = np.concatenate([b['index'].numpy() for b in got])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(len(X)))
+    for b in got: np.testing.assert_array_equal(b['X'].numpy(), X[b['index'].numpy()])
