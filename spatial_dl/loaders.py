@@ -423,7 +423,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #5c290311
+# %% ../nbs/04_loaders.ipynb #92dddb18
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -432,7 +432,7 @@ _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='bloc
             'collate_fn': "use the dataset's before_dense/after_dense hooks instead"}
 
 class AnnDataLoader(DataLoader):
-    "A DataLoader over an `AnnDataset`: workers make CSR fetches, the main process densifies; order independent of `num_workers`."
+    "A DataLoader over an `AnnDataset`: workers read CSR fetches into shared memory, the main process densifies; order independent of `num_workers`."
     def __init__(self, dataset: AnnDataset, **kwargs):
         if not isinstance(dataset, AnnDataset):
             raise TypeError(f"dataset must be an AnnDataset, got {type(dataset).__name__}")
