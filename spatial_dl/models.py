@@ -80,7 +80,7 @@ def check_max_input(config: BertConfig, # the model's configuration
                          f"max_position_embeddings is {config.max_position_embeddings}; raise max_input (or use "
                          f"mode='neighborhood' for neighbourhood tokens) or tokenize with a shorter gene_length")
 
-# %% ../nbs/08_models.ipynb #dd9542f9
+# %% ../nbs/08_models.ipynb #4f15c8a0
 OPTIMIZERS = ('adamw', 'adam', 'sgd')
 SCHEDULERS = ('linear', 'cosine', 'constant')
 
@@ -89,8 +89,8 @@ def make_optimizer(model: nn.Module, # the model whose parameters are optimised
                    lr: float=1e-3, # learning rate
                    weight_decay: float=0.0, # decoupled weight decay (not applied to biases and norms)
                   ) -> torch.optim.Optimizer:
-    "An optimizer by name, with weight decay on weight matrices only."
-    check_choice(name, 'optimizer', OPTIMIZERS)
+    "An optimizer by name (case-insensitive), with weight decay on weight matrices only."
+    name = check_choice(str(name).lower(), 'optimizer', OPTIMIZERS)
     if lr <= 0: raise ValueError(f"lr must be > 0, got {lr}")
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -118,7 +118,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, # the optimizer to schedule
                    total_steps: int=1000, # steps of the whole run
                   ) -> torch.optim.lr_scheduler.LambdaLR:
     "Warm-up then linear / cosine decay (or constant), stepped every optimizer step."
-    check_choice(name, 'scheduler', SCHEDULERS)
+    name = check_choice(str(name).lower(), 'scheduler', SCHEDULERS)
     if warmup_steps < 0: raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     import functools
     return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
@@ -170,7 +170,7 @@ class _Timed:
         if t['steps'] < 2 or wall <= 0: return dict(tokens_per_s=float('nan'), items_per_s=float('nan'), data_wait_frac=float('nan'))
         return dict(tokens_per_s=t['tokens'] / wall, items_per_s=t['items'] / wall, data_wait_frac=t['wait_s'] / wall)
 
-# %% ../nbs/08_models.ipynb #529a5d0a
+# %% ../nbs/08_models.ipynb #e68a01ae
 class MLMPretrainer(_Timed, pl.LightningModule):
     "Masked-language-model pretraining of a `BertForMaskedLM` over gene tokens."
     def __init__(self,
@@ -183,7 +183,7 @@ class MLMPretrainer(_Timed, pl.LightningModule):
                  total_steps: int|None=None, # schedule length; the trainer's estimate when None
                 ):
         super().__init__()
-        check_choice(optimizer, 'optimizer', OPTIMIZERS); check_choice(scheduler, 'scheduler', SCHEDULERS)
+        check_choice(optimizer.lower(), 'optimizer', OPTIMIZERS); check_choice(scheduler.lower(), 'scheduler', SCHEDULERS)
         if isinstance(config, BertConfig): config = config.to_dict()
         self.save_hyperparameters()
         self.config = BertConfig(**{k: v for k, v in config.items() if k not in ('transformers_version',)})
@@ -200,27 +200,35 @@ class MLMPretrainer(_Timed, pl.LightningModule):
             raise ValueError(f"input_ids hold token id {int(ids.max())} but vocab_size={self.config.vocab_size}; "
                              "the token dictionary and the model's config disagree")
 
-    def _shared(self, batch, prefix):
+    def _log_now(self, prefix, batch_idx) -> bool:
+        "Secondary metrics every `log_every_n_steps` training steps (each `self.log` costs ~1 ms of Lightning bookkeeping)."
+        if prefix != 'train_' or self._trainer is None: return True
+        return batch_idx % max(1, self.trainer.log_every_n_steps) == 0
+
+    def _shared(self, batch, prefix, batch_idx=0):
         self._check_batch(batch)
         out = self(batch['input_ids'], batch.get('attention_mask'), batch['labels'])
-        labels = batch['labels']; sel = labels != -100
-        acc = (out.logits.argmax(-1)[sel] == labels[sel]).float().mean() if sel.any() else torch.tensor(float('nan'))
         n = batch['input_ids'].shape[0]
         self.log(f'{prefix}loss', out.loss, prog_bar=True, batch_size=n)
-        self.log(f'{prefix}perplexity', torch.exp(out.loss.detach().clamp(max=50)), batch_size=n)
-        self.log(f'{prefix}masked_acc', acc, batch_size=n)
+        if self._log_now(prefix, batch_idx):
+            labels = batch['labels']; sel = labels != -100
+            # accuracy on the masked positions only (an argmax over every position's vocabulary costs as much as the loss)
+            acc = (out.logits.detach()[sel].argmax(-1) == labels[sel]).float().mean() if sel.any() else torch.tensor(float('nan'))
+            self.log(f'{prefix}perplexity', torch.exp(out.loss.detach().clamp(max=50)), batch_size=n)
+            self.log(f'{prefix}masked_acc', acc, batch_size=n)
         return out.loss
 
     def on_train_batch_start(self, batch, batch_idx): self._timing_start()
 
     def training_step(self, batch, batch_idx):
-        return self._shared(batch, 'train_')
+        return self._shared(batch, 'train_', batch_idx)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         am = batch.get('attention_mask')
         tokens = int(am.sum()) if am is not None else batch['input_ids'].numel()
         step, wait = self._timing_end(batch['input_ids'].shape[0], tokens)
-        self.log('tokens_per_s', tokens / max(step + wait, 1e-9), batch_size=batch['input_ids'].shape[0])
+        if self._log_now('train_', batch_idx):
+            self.log('tokens_per_s', tokens / max(step + wait, 1e-9), batch_size=batch['input_ids'].shape[0])
 
     def validation_step(self, batch, batch_idx): return self._shared(batch, 'val_')
 
@@ -244,7 +252,7 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int)
     "Counts of (truth, prediction) pairs."
     return torch.bincount(y_true.long() * n_classes + y_pred.long(), minlength=n_classes**2).reshape(n_classes, n_classes)
 
-# %% ../nbs/08_models.ipynb #fe14f630
+# %% ../nbs/08_models.ipynb #58955265
 class ExpressionClassifier(_Timed, pl.LightningModule):
     "An MLP predicting a class (region, cell type) from expression (log1p-normalised inside) or from embeddings."
     def __init__(self,
@@ -265,7 +273,7 @@ class ExpressionClassifier(_Timed, pl.LightningModule):
                 ):
         super().__init__()
         check_positive_int(n_genes, 'n_genes'); check_positive_int(n_classes, 'n_classes')
-        check_choice(optimizer, 'optimizer', OPTIMIZERS); check_choice(scheduler, 'scheduler', SCHEDULERS)
+        check_choice(optimizer.lower(), 'optimizer', OPTIMIZERS); check_choice(scheduler.lower(), 'scheduler', SCHEDULERS)
         if isinstance(hidden, int): hidden = (hidden,)
         self.save_hyperparameters()
         layers, d = [], n_genes

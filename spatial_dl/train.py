@@ -48,7 +48,7 @@ def make_output_dirs(output_dir: str|Path, # root folder of all runs
     for d in dirs.values(): d.mkdir(parents=True, exist_ok=True)
     return dirs
 
-# %% ../nbs/09_train.ipynb #699d5130
+# %% ../nbs/09_train.ipynb #5dac6ae1
 @dataclass
 class TrainConfig:
     "Everything about a training run that is not the model."
@@ -81,7 +81,8 @@ def get_training_arguments(**kwargs) -> TrainConfig:
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     for k in kwargs: check_choice(k, 'training argument', names)
     cfg = TrainConfig(**kwargs)
-    check_choice(cfg.optimizer, 'optimizer', OPTIMIZERS); check_choice(cfg.scheduler, 'scheduler', SCHEDULERS)
+    cfg.optimizer = check_choice(str(cfg.optimizer).lower(), 'optimizer', OPTIMIZERS)
+    cfg.scheduler = check_choice(str(cfg.scheduler).lower(), 'scheduler', SCHEDULERS)
     check_choice(str(cfg.precision), 'precision', PRECISIONS)
     for n in ('batch_size', 'max_epochs', 'accumulate', 'log_every'): check_positive_int(getattr(cfg, n), n)
     if cfg.lr <= 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
@@ -123,7 +124,7 @@ def make_trainer(cfg: TrainConfig, # the run's arguments
     kw.update(trainer_kwargs)
     return pl.Trainer(**kw)
 
-# %% ../nbs/09_train.ipynb #caf39ccb
+# %% ../nbs/09_train.ipynb #708936ce
 def _examples(dataset):
     "Examples as a sequence: a `datasets.Dataset`, a path saved with `save_to_disk`, or a list."
     if isinstance(dataset, (str, Path)):
@@ -140,11 +141,16 @@ def _lengths(dataset) -> np.ndarray:
     return np.asarray([len(x['input_ids'] if isinstance(x, dict) else x) for x in dataset])
 
 class _Indexed(torch.utils.data.Dataset):
+    "Examples by (index, batch number); whole batches in one query when the dataset can (Hugging Face `__getitems__`)."
     def __init__(self, ds): self.ds = ds
     def __len__(self): return len(self.ds)
     def __getitem__(self, ib):
         i, b = ib; x = self.ds[int(i)]
         return b, (x if isinstance(x, dict) else {'input_ids': list(x)})
+    def __getitems__(self, ibs):
+        if not hasattr(self.ds, '__getitems__'): return [self[ib] for ib in ibs]
+        xs = self.ds.__getitems__([int(i) for i, _ in ibs])
+        return [(b, x) for (_, b), x in zip(ibs, xs)]
 
 class _SeededCollate:
     "Calls `collator` under RNG streams seeded by (seed, epoch, batch number), leaving global RNGs untouched."
@@ -155,7 +161,7 @@ class _SeededCollate:
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(s); np.random.seed(s); random.seed(s)
+                torch.default_generator.manual_seed(s); np.random.seed(s); random.seed(s)  # (torch.manual_seed costs ms)
                 out = self.collator(ex)
         finally: np.random.set_state(np_state); random.setstate(py_state)
         out['batch_number'] = torch.tensor(b)
@@ -211,7 +217,7 @@ class TokenBatches:
         if diff: raise ValueError(f"incompatible checkpoint: its data loader had {{k: saved}} = "
                                   f"{ {k: a for k, (a, b) in diff.items()} } but this run has { {k: b for k, (a, b) in diff.items()} }")
 
-# %% ../nbs/09_train.ipynb #69f7f6b9
+# %% ../nbs/09_train.ipynb #89eee4c6
 def _rng_state():
     "RNG states in types that `torch.load(weights_only=True)` accepts."
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -234,17 +240,20 @@ class ExactResume(Callback):
     # a fresh epoch starts at batch 0 (Lightning does not call this hook for the epoch it resumes mid-way)
     def on_train_epoch_start(self, trainer, pl_module): self._apply(trainer.current_epoch, 0)
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): self.done += 1
-    def state_dict(self): return dict(epoch=self.epoch, batches_done=self.done, rng=_rng_state())
+    def state_dict(self):
+        data = self.loader.state_dict() if hasattr(self.loader, 'state_dict') else None
+        return dict(epoch=self.epoch, batches_done=self.done, rng=_rng_state(), data=data)
     # restored before the data loader's first batch: position now, RNG states when training starts
     def load_state_dict(self, state): self._apply(state['epoch'], state['batches_done']); self._rng = state.get('rng')
     def on_train_start(self, trainer, pl_module):
         if self._rng is not None: _set_rng_state(self._rng); self._rng = None
 
-# %% ../nbs/09_train.ipynb #9b913698
+# %% ../nbs/09_train.ipynb #d98eae55
 def check_checkpoint(ckpt_path: str|Path, # a Lightning .ckpt file
                      module: pl.LightningModule, # the module that will load it
+                     loader=None, # the training loader (e.g. `TokenBatches`): must match the checkpoint's data
                     ) -> Path:
-    "Raise if `ckpt_path` is missing or its weights do not fit `module`; returns the path."
+    "Raise if `ckpt_path` is missing, or its weights do not fit `module`, or it was trained on other data; returns the path."
     p = Path(ckpt_path).expanduser()
     if not p.exists(): raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
     try: ck = torch.load(p, map_location='cpu', weights_only=False)
@@ -259,9 +268,13 @@ def check_checkpoint(ckpt_path: str|Path, # a Lightning .ckpt file
         raise ValueError(f"incompatible checkpoint {str(p)!r} for {type(module).__name__}: "
                          + '; '.join(x for x in [f"missing {missing[:3]}" if missing else '', f"unexpected {extra[:3]}" if extra else '',
                                                  f"shape mismatch {shapes[:3]}" if shapes else ''] if x))
+    saved = (ck.get('callbacks') or {}).get('ExactResume', {}).get('data')
+    if loader is not None and saved is not None and hasattr(loader, 'load_state_dict'):
+        try: loader.load_state_dict(saved)
+        except ValueError as e: raise ValueError(f"{str(p)!r}: {e}") from None
     return p
 
-# %% ../nbs/09_train.ipynb #f3c94920
+# %% ../nbs/09_train.ipynb #75daba4f
 @dataclass
 class FitResult:
     "What a fit returns: the trained module, its trainer, metric history, output folders and throughput."
@@ -286,7 +299,7 @@ def fit_pretraining(module: MLMPretrainer, # the model to train
     if dirs is None: dirs = make_output_dirs(cfg.output_dir, cfg.run_name)
     if isinstance(train, TokenBatches): check_max_input(module.config, train.max_length, 'the training data')
     if ckpt_path == 'last': ckpt_path = (dirs or {}).get('checkpoints', Path('.'))/'last.ckpt'
-    if ckpt_path is not None: check_checkpoint(ckpt_path, module)
+    if ckpt_path is not None: check_checkpoint(ckpt_path, module, train)
     hist = History(); cbs = [hist] + ([ExactResume(train)] if hasattr(train, 'skip') else []) + list(callbacks or [])
     trainer = make_trainer(cfg, dirs or None, cbs, **trainer_kwargs)
     trainer.fit(module, train, val, ckpt_path=str(ckpt_path) if ckpt_path else None)
