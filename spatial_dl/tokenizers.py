@@ -409,7 +409,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #21c34552
+# %% ../nbs/06_tokenizers.ipynb #21dfc53f
 _NUMBA = None
 def _numba_fill():
     "The compiled fill loop, or None when numba is missing or disabled (SPATIAL_DL_NUMBA=0)."
@@ -442,10 +442,11 @@ def _fill_keys_py(indptr, indices, data, scale, tok_of, inv_of, rows_sel, P, kep
         kept[g] = k
 
 def _warm_numba():
-    "Compile the fused loop for the usual dtypes (CSR from the reader: float32 data, int32 indices)."
+    "Compile (or load from numba's cache) the fused loop for the usual dtypes: float32/float64 data, int32 indices."
     if _numba_fill() is None: return
-    X = sp.csr_matrix(np.ones((2, 2), np.float32)); X.indices = X.indices.astype(np.int32)
-    _rank_csr_fused(X, np.ones(2), np.array([2, 3]), np.ones(2), 2)
+    for dt in (np.float32, np.float64):          # float64: neighbour sums through a float64 graph
+        X = sp.csr_matrix(np.ones((2, 2), dt)); X.indices = X.indices.astype(np.int32)
+        _rank_csr_fused(X, np.ones(2), np.array([2, 3]), np.ones(2), 2)
 
 def _rank_csr_fused(X: sp.csr_matrix, scale: np.ndarray, tok_of: np.ndarray, inv_of: np.ndarray, max_len: int,
                     pad_id: int=0, group_rows: int=256):
@@ -813,7 +814,19 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
 
-# %% ../nbs/06_tokenizers.ipynb #23b41a6c
+# %% ../nbs/06_tokenizers.ipynb #fba38374
+def _read_elem(node):
+    "An obsp/obsm element of an open h5ad: CSR/CSC groups and plain arrays with h5py (fast), anything else through anndata."
+    import h5py
+    if isinstance(node, h5py.Dataset): return node[...]
+    enc = node.attrs.get('encoding-type', '')
+    enc = enc.decode() if isinstance(enc, bytes) else enc
+    if enc in ('csr_matrix', 'csc_matrix'):
+        cls = sp.csr_matrix if enc == 'csr_matrix' else sp.csc_matrix
+        return cls((node['data'][...], node['indices'][...], node['indptr'][...]), shape=tuple(int(x) for x in node.attrs['shape']))
+    from anndata.io import read_elem as ad_read_elem
+    return ad_read_elem(node)
+
 class _Source:
     "An H5adCollection plus per-file neighbour graphs and stFormer facts, for tokenizing arbitrary rows."
     def __init__(self, tok: RankValueTokenizer, reader: H5adCollection):
@@ -825,11 +838,10 @@ class _Source:
         "Neighbour graph of file i (n_i × n_i)."
         if i not in self._graphs:
             import h5py
-            from anndata.io import read_elem
             path, n = self.reader.paths[i], int(self.reader.offsets[i + 1] - self.reader.offsets[i])
             with h5py.File(path, 'r') as f:
-                obsp = {self.tok.graph_key: read_elem(f['obsp'][self.tok.graph_key])} if 'obsp' in f and self.tok.graph_key in f['obsp'] else {}
-                obsm = {self.tok.coord_key: read_elem(f['obsm'][self.tok.coord_key])} if 'obsm' in f and self.tok.coord_key in f['obsm'] else {}
+                obsp = {self.tok.graph_key: _read_elem(f['obsp'][self.tok.graph_key])} if 'obsp' in f and self.tok.graph_key in f['obsp'] else {}
+                obsm = {self.tok.coord_key: _read_elem(f['obsm'][self.tok.coord_key])} if 'obsm' in f and self.tok.coord_key in f['obsm'] else {}
             self._graphs[i] = self.tok._graph_for(obsp, obsm, n, path)
         return self._graphs[i]
 
