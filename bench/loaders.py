@@ -2,7 +2,7 @@
 """Loader benchmark: spatial_dl against its peers on one large CSR .h5ad, dense float32 batches of 256.
 
     .venv/bin/python bench/loaders.py --quick                       # ≤ 60 s, 20,000 × 20,000 file
-    .venv/bin/python bench/loaders.py --json bench/results/loaders.json   # full: 100,000 × 20,000, 3 rounds
+    .venv/bin/python bench/loaders.py --json bench/results/loaders.json   # full: 100,000 × 20,000, 5 rounds
 
 The file (rows sorted by sample, then cell type, ~1,480 nonzeros per cell) is generated once and reused from
 `--data-dir` (default /tmp/spatial_dl_bench). Every candidate runs in a fresh process; candidates are interleaved
@@ -359,13 +359,18 @@ def candidates(path, n_vars, n_batches, warmup, max_seconds, workers=(1, 2), sam
     return c
 
 
-def code_fingerprint() -> str|None:
-    "Hash of the installed spatial_dl package's .py files: compared before and after a run to catch code edited mid-run."
+LOADER_MODULES = ('core', 'shuffle', 'readers', 'loaders', 'randomness', 'datasets')
+
+
+def code_fingerprint(modules=LOADER_MODULES) -> str|None:
+    "Hash of the spatial_dl modules on the loader path: compared before and after a run to catch code edited mid-run."
     spec = importlib.util.find_spec('spatial_dl')
     if spec is None or not spec.submodule_search_locations: return None
     h = hashlib.sha1()
-    for f in sorted(Path(list(spec.submodule_search_locations)[0]).glob('*.py')):
-        h.update(f.name.encode()); h.update(f.read_bytes())
+    root = Path(list(spec.submodule_search_locations)[0])
+    for m in modules:
+        f = root / f'{m}.py'
+        if f.exists(): h.update(f.name.encode()); h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -418,11 +423,11 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     n_obs = a.n_obs or (20_000 if a.quick else 100_000)
     n_vars = a.n_vars or 20_000
-    n_batches = a.n_batches or (32 if a.quick else 160)
+    n_batches = a.n_batches or (32 if a.quick else 320)
     # the timed window starts at a fetch boundary (after the first 16 batches = one fetch of the fetch-based loaders)
     # and spans whole fetches, so loaders that read 16 batches at once are not flattered by a partial window
     warmup, max_seconds = (15, 4.0) if a.quick else (15, 20.0)
-    repeats = a.repeats or (1 if a.quick else 3)
+    repeats = a.repeats or (1 if a.quick else 5)
     per_epoch = n_obs // 256
     if 1 + warmup + n_batches > per_epoch:   # a small file: shrink the window so a steady state is still measured
         warmup = max(1, min(warmup, per_epoch // 4))
@@ -469,7 +474,8 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - t_all
     print(f'\ntotal {elapsed:.0f} s; load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} now', file=sys.stderr)
     if fp_before != fp_after:
-        print('WARNING: spatial_dl source files changed during this run: rows may mix code versions', file=sys.stderr)
+        print(f'WARNING: spatial_dl ({", ".join(LOADER_MODULES)}) changed during this run: rows may mix code versions',
+              file=sys.stderr)
     write_json(a.json, rows, ratios, packages=PACKAGES, extra={
         'benchmark': 'loaders', 'command': ' '.join([Path(sys.executable).name, *sys.argv]) if argv is None else argv,
         'params': dict(n_obs=n_obs, n_vars=n_vars, batch_size=256, n_batches=n_batches, warmup=warmup,
