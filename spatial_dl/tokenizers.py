@@ -283,7 +283,7 @@ def load_gene_medians(path: str|Path) -> dict:
     if bad: raise TokenizerError(f"{path}: {len(bad)} medians are not positive finite numbers (e.g. {bad[0]!r}: {d[bad[0]]})")
     return {str(k): float(v) for k, v in d.items()}
 
-# %% ../nbs/06_tokenizers.ipynb #af34e8e7
+# %% ../nbs/06_tokenizers.ipynb #0cceaea3
 SPECIAL_TOKENS = ('<pad>', '<mask>', '<cls>', '<eos>')
 
 class TokenDictionary:
@@ -363,7 +363,7 @@ class TokenDictionary:
         try: return cls(d)
         except TokenizerError as e: raise TokenizerError(f"{path}: {e}") from None
 
-# %% ../nbs/06_tokenizers.ipynb #c8ab8381
+# %% ../nbs/06_tokenizers.ipynb #2582e6bb
 _TOK_BITS, _VAL_SHIFT = 21, 21          # key = (descending value, 42 bits) << 21 | token id (21 bits)
 _QMAX = (1 << (63 - _VAL_SHIFT)) - 1
 
@@ -409,7 +409,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #21dfc53f
+# %% ../nbs/06_tokenizers.ipynb #e9f6af70
 _NUMBA = None
 def _numba_fill():
     "The compiled fill loop, or None when numba is missing or disabled (SPATIAL_DL_NUMBA=0)."
@@ -474,7 +474,7 @@ def _rank_csr_fused(X: sp.csr_matrix, scale: np.ndarray, tok_of: np.ndarray, inv
         k = min(P.shape[1], w); out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #b085f546
+# %% ../nbs/06_tokenizers.ipynb #8d39539a
 class _ColumnMap:
     "Per-column token id (-1: unknown) and median for one gene list; an aggregation matrix when ids repeat."
     def __init__(self, gene_ids, td: TokenDictionary, medians: dict):
@@ -499,7 +499,7 @@ class _ColumnMap:
     def matches(self, gene_ids) -> bool:
         return len(gene_ids) == len(self.genes) and bool((np.asarray(gene_ids).astype(str) == self.genes).all())
 
-# %% ../nbs/06_tokenizers.ipynb #079e2d26
+# %% ../nbs/06_tokenizers.ipynb #2bc42653
 def _as_token_dict(td) -> TokenDictionary:
     if isinstance(td, TokenDictionary): return td
     if isinstance(td, (str, os.PathLike)): return TokenDictionary.load(td)
@@ -574,7 +574,7 @@ class RankValueTokenizer:
                                      f"{self.td.genes[:3]})")
         return self._cmap
 
-# %% ../nbs/06_tokenizers.ipynb #8690aa1a
+# %% ../nbs/06_tokenizers.ipynb #3bcb7c8e
 def _entries(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np.ndarray):
     "Kept entries of block X (known gene, value > 0, cell total > 0): CSR indptr, float64 values, token ids."
     if cm.agg is not None: X = (X @ cm.agg).tocsr(); X.sort_indices()
@@ -600,7 +600,7 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #4c9f3079
+# %% ../nbs/06_tokenizers.ipynb #69f9c09e
 def _frame(self: RankValueTokenizer, parts: list) -> tuple[np.ndarray, np.ndarray]:
     "Concatenate padded parts [(ids, lengths), ...] row-wise, adding <cls>/<eos> when asked; padded ids and lengths."
     if len(parts) == 1 and not self.special_tokens: return parts[0][0], parts[0][1].copy()
@@ -663,7 +663,7 @@ def tokenize_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_
 
 RankValueTokenizer._frame, RankValueTokenizer.tokenize_block_padded, RankValueTokenizer.tokenize_block = _frame, tokenize_block_padded, tokenize_block
 
-# %% ../nbs/06_tokenizers.ipynb #f44a6852
+# %% ../nbs/06_tokenizers.ipynb #a0a177ac
 def spatial_graph(coords, # n × 2 (or 3) coordinates
                   method: str='delaunay', # 'delaunay', 'knn' or 'radius'
                   n_neighbors: int=6, # k for 'knn'
@@ -702,7 +702,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.data[:] = 1; A.setdiag(0); A.eliminate_zeros()
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #2ec04999
+# %% ../nbs/06_tokenizers.ipynb #1e718a98
 def _neighbor_sums(A: sp.csr_matrix, X: sp.csr_matrix, totals: np.ndarray):
     "Neighbour-summed counts A@X and totals A@totals."
     A = sp.csr_matrix(A)
@@ -750,7 +750,7 @@ def _var_column(adata, key, where):
 
 RankValueTokenizer._graph_for, RankValueTokenizer.tokenize_adata = _graph_for, tokenize_adata
 
-# %% ../nbs/06_tokenizers.ipynb #5d89ad09
+# %% ../nbs/06_tokenizers.ipynb #915cba12
 def _stformer_delaunay(coords, where='coords') -> sp.csr_matrix:
     "stFormer's Delaunay graph: every triangle adds its three edges both ways (shared edges get weight 2), float64."
     from scipy.spatial import Delaunay
@@ -814,7 +814,7 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
 
-# %% ../nbs/06_tokenizers.ipynb #fba38374
+# %% ../nbs/06_tokenizers.ipynb #33a0d609
 def _read_elem(node):
     "An obsp/obsm element of an open h5ad: CSR/CSC groups and plain arrays with h5py (fast), anything else through anndata."
     import h5py
@@ -908,7 +908,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #409e8d43
+# %% ../nbs/06_tokenizers.ipynb #f87faa7f
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1037,7 +1037,7 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #51d3f2a6
+# %% ../nbs/06_tokenizers.ipynb #4c235453
 class TokenizeTransform:
     "Loader hook (`before_dense`): raw CSR batch → padded `input_ids`, `attention_mask`, `length` (torch tensors)."
     def __init__(self, tokenizer: RankValueTokenizer, # the tokenizer to apply
@@ -1076,7 +1076,7 @@ class TokenizeTransform:
         batch['length'] = torch.from_numpy(lens)
         return batch
 
-# %% ../nbs/06_tokenizers.ipynb #9f520522
+# %% ../nbs/06_tokenizers.ipynb #c1144c2a
 class BinnedTokenizer:
     "scGPT-style tokens: expressed genes (dictionary ids) and per-cell quantile bins of their values, deterministic."
     def __init__(self, token_dict, # TokenDictionary, dict or path
@@ -1128,7 +1128,7 @@ class BinnedTokenizer:
             ids.append(t); vals.append(bv)
         return {'input_ids': ids, 'values': vals}
 
-# %% ../nbs/06_tokenizers.ipynb #930cc793
+# %% ../nbs/06_tokenizers.ipynb #866182ca
 def _expand_inputs(items) -> list[str]:
     out = []
     for it in items:
