@@ -423,7 +423,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #92dddb18
+# %% ../nbs/04_loaders.ipynb #76fa1a59
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -447,8 +447,7 @@ class AnnDataLoader(DataLoader):
             ctx = kwargs.get('multiprocessing_context') or mp.get_context()
             ctx = mp.get_context(ctx) if isinstance(ctx, str) else ctx
             stream.shared_epoch = ctx.RawValue('q', dataset.epoch)
-        if nw and dataset.output == 'dense':   # fetch buffers come back to the worker once densified
-            stream.ring = torch.zeros((nw, _RING), dtype=torch.int8).share_memory_()
+        self._ring = torch.zeros((nw, _RING), dtype=torch.int8).share_memory_() if nw else None
         if nw > 1: stream.go = torch.zeros(1, dtype=torch.int8).share_memory_()   # 1 once the first fetch arrived
         super().__init__(stream, batch_size=None, collate_fn=_identity, **kwargs)
         self.ann_dataset = dataset
@@ -461,6 +460,8 @@ class AnnDataLoader(DataLoader):
         if self.num_workers == 0:                      # in-process: the dataset's own threaded pipeline
             yield from ds
             return
+        # fetch buffers go back to their worker once densified: only when the main process densifies every batch
+        stream.ring = self._ring if ds.output == 'dense' and ds.before_dense is None else None
         ring, held = stream.ring, {}
         if ring is not None: ring.zero_()                 # nothing is in flight when an epoch starts
         if stream.go is not None: stream.go.zero_()

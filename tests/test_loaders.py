@@ -162,9 +162,12 @@ def test_hooks_run_and_tokenizer_skips_densify(data):
         x = batch.pop('X')
         batch['n_genes'] = np.diff(x.indptr).astype(np.int64)
         return batch
-    for b in AnnDataset(paths, before_dense=tokens, **KW):
-        assert 'X' not in b
-        np.testing.assert_array_equal(b['n_genes'].numpy(), (X[b['index'].numpy()] > 0).sum(1))
+    for nw in (0, 1, 2):
+        n = 0
+        for b in make_dataloader(AnnDataset(paths, before_dense=tokens, **KW), num_workers=nw):
+            assert 'X' not in b
+            np.testing.assert_array_equal(b['n_genes'].numpy(), (X[b['index'].numpy()] > 0).sum(1)); n += len(b['index'])
+        assert n == len(X)
 
 
 @pytest.mark.parametrize('method', ['fork', 'spawn'])
@@ -269,3 +272,17 @@ def test_plain_dataloader_over_the_dataset(data):
     rows = np.concatenate([b['index'].numpy() for b in got])
     np.testing.assert_array_equal(np.sort(rows), np.arange(len(X)))
     for b in got: np.testing.assert_array_equal(b['X'].numpy(), X[b['index'].numpy()])
+
+
+@pytest.mark.parametrize('persistent', [False, True])
+def test_worker_buffers_recycled_without_corruption(data, persistent):
+    "Many small fetches: workers reuse their shared-memory buffers many times over; every batch keeps its values."
+    paths, adatas, X = data
+    ds = AnnDataset(paths, batch_size=4, strategy='random', fetch_factor=1, seed=5)
+    dl = make_dataloader(ds, num_workers=2, persistent_workers=persistent)
+    for epoch in (0, 1):
+        dl.set_epoch(epoch)
+        kept = list(dl)                                   # keep every batch: nothing may be overwritten later
+        assert len(kept) == len(ds) and len(kept) > 4 * 10   # far more fetches than buffers per worker
+        for b in kept: np.testing.assert_array_equal(b['X'].numpy(), X[b['index'].numpy()])
+        np.testing.assert_array_equal(np.sort(np.concatenate([b['index'].numpy() for b in kept])), np.arange(len(X)))
