@@ -335,7 +335,7 @@ def _iter(self: AnnDataset):
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 
-# %% ../nbs/04_loaders.ipynb #29650251
+# %% ../nbs/04_loaders.ipynb #d72c1ca9
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
@@ -348,7 +348,9 @@ class _ShmPool:
     def __init__(self, ring=None, worker: int=0):
         self.arenas, self.slots, self.ring, self.worker = {}, [], ring, worker   # ring: shared int8 flags, 1 = in flight
     def _new(self, nbytes):
-        t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(nbytes, 1)), 0, (max(nbytes, 1),), (1,))
+        n = max(int(nbytes), 1)
+        try: t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n), 0, (n,), (1,))
+        except (AttributeError, RuntimeError): t = torch.empty(n, dtype=torch.uint8).share_memory_()   # public, one extra copy
         return t, t.numpy()
     def take(self, nbytes: int) -> np.ndarray:
         nbytes, slot = int(nbytes), None
