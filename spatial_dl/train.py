@@ -6,7 +6,7 @@
 __all__ = ['SEARCH_TYPES', 'setup_environment', 'make_output_dirs', 'TrainConfig', 'get_training_arguments', 'History',
            'make_trainer', 'TokenBatches', 'ExactResume', 'check_checkpoint', 'FitResult', 'fit_pretraining',
            'save_pretrained', 'load_pretrained', 'embed_batches', 'extract_embeddings', 'fit_embedding_classifier',
-           'tokenize_hook', 'embed_h5ad', 'fit_classifier', 'check_search_space', 'run_hpo', 'PretrainML',
+           'h5ad_token_batches', 'embed_h5ad', 'fit_classifier', 'check_search_space', 'run_hpo', 'PretrainML',
            'pretrain_main', 'train_classifier_main', 'embed_main', 'hpo_main']
 
 # %% ../nbs/09_train.ipynb #7e7f45f6
@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from .core import seed_everything, check_choice, check_positive_int, atomic_write, rank_and_world, make_rng
 
-# %% ../nbs/09_train.ipynb #9e638c2c
+# %% ../nbs/09_train.ipynb #b4e8bd85
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, Callback
 from lightning.pytorch.loggers import CSVLogger
 from transformers import BertConfig, BertForMaskedLM, BertModel
 from tqdm.auto import tqdm
 from .collate import MLMCollator, LengthGroupedSampler
-from .tokenizers import TokenDictionary, RankValueTokenizer
+from .tokenizers import TokenDictionary, RankValueTokenizer, TokenizeTransform, tokenize_h5ad, gene_medians
 from .models import (build_bert_config, check_vocab, check_max_input, MLMPretrainer, ExpressionClassifier,
                                OPTIMIZERS, SCHEDULERS, PRECISIONS, resolve_precision)
 
@@ -88,14 +88,14 @@ def get_training_arguments(**kwargs) -> TrainConfig:
     if cfg.lr <= 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
     return cfg
 
-# %% ../nbs/09_train.ipynb #5a3332df
+# %% ../nbs/09_train.ipynb #fd1e4459
 class History(Callback):
     "Records the logged metrics after every training step (`steps`) and validation run (`val`)."
     def __init__(self): self.steps, self.val = [], []
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith('train_') or k == 'tokens_per_s'}
         m.update(step=trainer.global_step, epoch=trainer.current_epoch); self.steps.append(m)
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):  # after the module's epoch-end metrics (e.g. macro-F1) are logged
         if trainer.sanity_checking: return
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith('val_')}
         m.update(step=trainer.global_step, epoch=trainer.current_epoch); self.val.append(m)
@@ -124,7 +124,7 @@ def make_trainer(cfg: TrainConfig, # the run's arguments
     kw.update(trainer_kwargs)
     return pl.Trainer(**kw)
 
-# %% ../nbs/09_train.ipynb #708936ce
+# %% ../nbs/09_train.ipynb #237011c7
 def _examples(dataset):
     "Examples as a sequence: a `datasets.Dataset`, a path saved with `save_to_disk`, or a list."
     if isinstance(dataset, (str, Path)):
@@ -144,13 +144,15 @@ class _Indexed(torch.utils.data.Dataset):
     "Examples by (index, batch number); whole batches in one query when the dataset can (Hugging Face `__getitems__`)."
     def __init__(self, ds): self.ds = ds
     def __len__(self): return len(self.ds)
+    @staticmethod
+    def _ids(x): return {'input_ids': x['input_ids'] if isinstance(x, dict) else list(x)}  # other columns stay behind
     def __getitem__(self, ib):
-        i, b = ib; x = self.ds[int(i)]
-        return b, (x if isinstance(x, dict) else {'input_ids': list(x)})
+        i, b = ib
+        return b, self._ids(self.ds[int(i)])
     def __getitems__(self, ibs):
         if not hasattr(self.ds, '__getitems__'): return [self[ib] for ib in ibs]
         xs = self.ds.__getitems__([int(i) for i, _ in ibs])
-        return [(b, x) for (_, b), x in zip(ibs, xs)]
+        return [(b, self._ids(x)) for (_, b), x in zip(ibs, xs)]
 
 class _SeededCollate:
     "Calls `collator` under RNG streams seeded by (seed, epoch, batch number), leaving global RNGs untouched."
@@ -438,20 +440,21 @@ def fit_embedding_classifier(X: np.ndarray, # n × d embeddings (or any features
     trainer.fit(m, dl(tr, True), dl(va, False) if nv else None)
     return FitResult(m, trainer, hist, None, m.throughput)
 
-# %% ../nbs/09_train.ipynb #f09d60b0
-def tokenize_hook(tokenizer: RankValueTokenizer, # spot-mode tokenizer
-                  gene_ids, # gene id of each column the loader delivers
-                 ) -> Callable:
-    "An `AnnDataset(before_dense=...)` hook turning raw counts into padded `input_ids` + `attention_mask` (spot mode)."
-    if tokenizer.mode != 'spot':
-        raise ValueError("tokenize_hook: on-the-fly tokens are spot mode only; tokenize neighbourhood mode to disk first")
-    gene_ids = np.asarray(gene_ids)
-    def hook(batch):
-        ids, lens = tokenizer.tokenize_block_padded(batch.pop('X'), gene_ids)
-        batch['input_ids'] = ids.astype(np.int64)
-        batch['attention_mask'] = (np.arange(ids.shape[1])[None] < lens[:, None]).astype(np.int64)
-        return batch
-    return hook
+# %% ../nbs/09_train.ipynb #22e04876
+def h5ad_token_batches(paths, # .h5ad file(s) of raw counts
+                       tokenizer: RankValueTokenizer, # spot or neighbourhood tokenizer
+                       collator: MLMCollator, # masks the tokenized batches
+                       batch_size: int=12, # spots per batch
+                       seed: int=0, # loader order seed
+                       strategy: str='block', # loader shuffle strategy
+                       **dataset_kwargs, # more `AnnDataset` arguments (rank, world_size, indices, drop_last, ...)
+                      ):
+    "Masked token batches tokenized on the fly inside the loader (`AnnDataset` + `TokenizeTransform` + collator)."
+    from spatial_dl.loaders import AnnDataset
+    ds = AnnDataset(paths, batch_size, strategy=strategy, seed=seed, var_key=tokenizer.gene_key, **dataset_kwargs)
+    ds.before_dense = TokenizeTransform(tokenizer, ds.reader)
+    ds.after_dense = collator
+    return ds
 
 def embed_h5ad(paths, # .h5ad file(s) of raw counts
                model_dir: str|Path, # folder written by `save_pretrained` (with gene medians and tokenizer settings)
@@ -469,11 +472,10 @@ def embed_h5ad(paths, # .h5ad file(s) of raw counts
         raise FileNotFoundError(f"{str(model_dir)!r} has no token dictionary or gene medians; export with "
                                 "save_pretrained(..., token_dictionary, gene_medians, tokenizer) to embed raw .h5ad")
     tcfg = extras.get('tokenizer', {})
-    tok = RankValueTokenizer(td, extras['gene_medians'], model_input_size=tcfg.get('model_input_size', model.config.max_position_embeddings),
-                             special_tokens=tcfg.get('special_tokens', False))
+    tok = RankValueTokenizer(td, extras['gene_medians'], **{'model_input_size': model.config.max_position_embeddings, **tcfg})
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    ds = AnnDataset(paths, batch_size, strategy='sequential', prefetch=True)
-    ds.before_dense = tokenize_hook(tok, ds.var_names)
+    ds = AnnDataset(paths, batch_size, strategy='sequential')
+    ds.before_dense = TokenizeTransform(tok, ds.reader, drop_zero=False)  # zero-count spots stay (all-zero embedding)
     n = ds.reader.n_obs; E = np.zeros((n, model.config.hidden_size), np.float32)
     for idx, e in embed_batches(model, ds, td, pooling, layer, progress, total=len(ds)): E[idx] = e
     obs = pd.concat([ad.read_h5ad(p, backed='r').obs for p in paths])
@@ -482,7 +484,7 @@ def embed_h5ad(paths, # .h5ad file(s) of raw counts
     out.obsm[key] = E
     return out
 
-# %% ../nbs/09_train.ipynb #ecd1734d
+# %% ../nbs/09_train.ipynb #f3b2e70b
 def fit_classifier(paths, # .h5ad file(s)
                    label_key: str='region', # obs column to predict
                    cfg: TrainConfig|None=None, # training arguments
@@ -515,7 +517,7 @@ def fit_classifier(paths, # .h5ad file(s)
         hist.test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith('test_')}
     return FitResult(m, trainer, hist, dirs or None, m.throughput)
 
-# %% ../nbs/09_train.ipynb #a94ae25b
+# %% ../nbs/09_train.ipynb #31ba4822
 SEARCH_TYPES = ('loguniform', 'uniform', 'int', 'categorical')
 
 def check_search_space(space: dict) -> dict:
@@ -597,7 +599,7 @@ def run_hpo(objective: Callable[[dict], float], # params -> score (e.g. validati
     if verbose: print(f"best trial: value={best['best_value']:.4g} params={best['best_params']}" + (f" (saved to {best['path']})" if best['path'] else ''))
     return best
 
-# %% ../nbs/09_train.ipynb #aca96a37
+# %% ../nbs/09_train.ipynb #6bc7ba79
 _MODEL_ARGS = ('vocab_size', 'mode', 'num_layers', 'num_heads', 'embed_dim', 'max_input', 'activation', 'initializer_range',
                'layer_norm_eps', 'attention_dropout', 'hidden_dropout', 'intermediate_size')
 
@@ -671,7 +673,7 @@ class PretrainML:
         return run_hpo(objective, search_space, n_trials, backend, seed=self.cfg.seed,
                        output_dir=Path(self.cfg.output_dir).expanduser()/'hpo', resources_per_trial=resources_per_trial)
 
-# %% ../nbs/09_train.ipynb #fd99bc6f
+# %% ../nbs/09_train.ipynb #51490e9f
 def _load_yaml(path) -> dict:
     if path is None: return {}
     import yaml
@@ -704,16 +706,13 @@ def _train_cfg(d: dict, **defaults) -> TrainConfig:
     kw.update(output_dir=d.get('output_dir') or 'runs', run_name=d.get('run_name'), progress=not d.get('no_progress'))
     return get_training_arguments(**kw)
 
-def _tokenize_h5ad_examples(paths, model_input_size, special_tokens=False, progress=True):
-    "Gene medians, token dictionary and spot tokens of .h5ad files (in memory)."
-    import anndata as ad
+def _tokenize_to_disk(paths, out_dir, model_input_size, mode='spot', special_tokens=False, progress=True):
+    "Gene medians, token dictionary and an on-disk tokenized dataset (`tokenize_h5ad`) of .h5ad files."
     med = gene_medians(paths, progress=progress)
     td = TokenDictionary.build(sorted(med), cls_token=special_tokens, eos_token=special_tokens)
-    tok = RankValueTokenizer(td, med, model_input_size=model_input_size, special_tokens=special_tokens)
-    ex = []
-    for p in tqdm(paths, desc='tokenizing', disable=not progress):
-        ex += [{'input_ids': x.tolist()} for x in tok.tokenize_adata(ad.read_h5ad(p)) if len(x)]
-    return ex, td, med
+    tok = RankValueTokenizer(td, med, model_input_size=model_input_size, mode=mode, special_tokens=special_tokens)
+    tokenize_h5ad(paths, out_dir, tok, overwrite=True, progress=progress)
+    return str(out_dir), td, med
 
 def _summary(title, rows: dict):
     print(f"\n{title}")
@@ -739,8 +738,10 @@ def pretrain_main(argv: list[str]|None=None) -> int:
     cfg = _train_cfg(d)
     med = tok_args = None
     if d.get('h5ad'):
-        data, td, med = _tokenize_h5ad_examples(d['h5ad'], margs['max_input'], progress=cfg.progress)
-        tok_args = dict(model_input_size=margs['max_input'], mode='spot')
+        mode = margs.get('mode', 'spot')
+        data, td, med = _tokenize_to_disk(d['h5ad'], Path(cfg.output_dir).expanduser()/(cfg.run_name or 'run')/'tokens',
+                                          margs['max_input'], mode, progress=cfg.progress)
+        tok_args = dict(model_input_size=margs['max_input'], mode=mode)
     elif d.get('data'):
         if not d.get('token_dict'): p.error('--data needs --token-dict')
         data, td = d['data'], TokenDictionary.load(d['token_dict'])
@@ -806,7 +807,8 @@ def hpo_main(argv: list[str]|None=None) -> int:
     if d['task'] == 'pretrain':
         if d.get('h5ad'):
             margs = dict(d.get('model') or {}); margs.setdefault('max_input', 2048)
-            data, td, _ = _tokenize_h5ad_examples(d['h5ad'], margs['max_input'], progress=not d.get('no_progress'))
+            data, td, _ = _tokenize_to_disk(d['h5ad'], out/'tokens', margs['max_input'], margs.get('mode', 'spot'),
+                                            progress=not d.get('no_progress'))
         else: data, td, margs = d['data'], TokenDictionary.load(d['token_dict']), dict(d.get('model') or {})
         cfg = _train_cfg({**d, 'output_dir': str(out)})
         best = PretrainML(data, td, model_args=margs, training_args=asdict(cfg), val_fraction=0.1).run_hyperparameter_train(
