@@ -66,7 +66,7 @@ def read_seen_rows(out_dir: str|Path) -> list[dict]:
     "The `SeenRows` records of all ranks, by rank."
     return sorted((json.loads(p.read_text()) for p in Path(out_dir).glob('rank*.json')), key=lambda d: d['rank'])
 
-# %% ../nbs/10_distributed.ipynb #009257f1
+# %% ../nbs/10_distributed.ipynb #e57dd7b8
 def default_metadata(reader, # the `H5adCollection` of the files
                      obs_keys=(), # obs columns delivered with each batch
                     ) -> dict:

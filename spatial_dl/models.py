@@ -252,7 +252,7 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, n_classes: int)
     "Counts of (truth, prediction) pairs."
     return torch.bincount(y_true.long() * n_classes + y_pred.long(), minlength=n_classes**2).reshape(n_classes, n_classes)
 
-# %% ../nbs/08_models.ipynb #58955265
+# %% ../nbs/08_models.ipynb #f57ad50b
 class ExpressionClassifier(_Timed, pl.LightningModule):
     "An MLP predicting a class (region, cell type) from expression (log1p-normalised inside) or from embeddings."
     def __init__(self,

@@ -66,3 +66,17 @@ def test_ray_train_runner_two_cpu_workers_and_resume(ray_session, slides, tmp_pa
         runner.train(slides, ckpt_path=str(tmp_path/'missing.ckpt'), is_gpu=False)
     with pytest.raises(KeyError, match='model_keys'):
         RayTrainRunner(ExpressionClassifier, model_keys=['n_cells']).train(slides, is_gpu=False, num_workers=1)
+
+
+@pytest.mark.slow
+def test_hpo_ray_tune_backend(ray_session, tmp_path, capsys):
+    "run_hpo(backend='ray') on the session's local Ray: 2 trials, best printed and saved."
+    import json
+    from spatial_dl.train import run_hpo
+    space = {'x': {'type': 'uniform', 'low': -1.0, 'high': 1.0}, 'k': {'type': 'categorical', 'values': [0, 5]}}
+    best = run_hpo(lambda p: p['x'] ** 2 + p['k'], space, n_trials=2, backend='ray', output_dir=tmp_path / 'hpo',
+                   resources_per_trial={'CPU': 1})
+    assert len(best['trials']) == 2
+    assert best['best_value'] == min(t['value'] for t in best['trials'])
+    assert json.loads((tmp_path / 'hpo' / 'best_trial.json').read_text())['best_params'] == best['best_params']
+    assert 'best trial' in capsys.readouterr().out
