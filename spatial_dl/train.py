@@ -29,7 +29,7 @@ from .tokenizers import TokenDictionary, RankValueTokenizer, TokenizeTransform, 
 from .models import (build_bert_config, check_vocab, check_max_input, MLMPretrainer, ExpressionClassifier,
                                OPTIMIZERS, SCHEDULERS, PRECISIONS, resolve_precision)
 
-# %% ../nbs/09_train.ipynb #6a381e92
+# %% ../nbs/09_train.ipynb #6708baec
 def setup_environment(seed: int=42, # seed for python, numpy and torch
                       deterministic: bool=False, # ask torch for deterministic kernels (slower on GPU)
                       num_threads: int|None=None, # torch intra-op threads; unchanged when None
@@ -48,7 +48,7 @@ def make_output_dirs(output_dir: str|Path, # root folder of all runs
     for d in dirs.values(): d.mkdir(parents=True, exist_ok=True)
     return dirs
 
-# %% ../nbs/09_train.ipynb #5dac6ae1
+# %% ../nbs/09_train.ipynb #8bd52328
 @dataclass
 class TrainConfig:
     "Everything about a training run that is not the model."
@@ -88,7 +88,7 @@ def get_training_arguments(**kwargs) -> TrainConfig:
     if cfg.lr <= 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
     return cfg
 
-# %% ../nbs/09_train.ipynb #fd1e4459
+# %% ../nbs/09_train.ipynb #f3939abd
 class History(Callback):
     "Records the logged metrics after every training step (`steps`) and validation run (`val`)."
     def __init__(self): self.steps, self.val = [], []
@@ -124,7 +124,7 @@ def make_trainer(cfg: TrainConfig, # the run's arguments
     kw.update(trainer_kwargs)
     return pl.Trainer(**kw)
 
-# %% ../nbs/09_train.ipynb #237011c7
+# %% ../nbs/09_train.ipynb #c1213f87
 def _examples(dataset):
     "Examples as a sequence: a `datasets.Dataset`, a path saved with `save_to_disk`, or a list."
     if isinstance(dataset, (str, Path)):
@@ -219,7 +219,7 @@ class TokenBatches:
         if diff: raise ValueError(f"incompatible checkpoint: its data loader had {{k: saved}} = "
                                   f"{ {k: a for k, (a, b) in diff.items()} } but this run has { {k: b for k, (a, b) in diff.items()} }")
 
-# %% ../nbs/09_train.ipynb #89eee4c6
+# %% ../nbs/09_train.ipynb #a21a196e
 def _rng_state():
     "RNG states in types that `torch.load(weights_only=True)` accepts."
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -250,7 +250,7 @@ class ExactResume(Callback):
     def on_train_start(self, trainer, pl_module):
         if self._rng is not None: _set_rng_state(self._rng); self._rng = None
 
-# %% ../nbs/09_train.ipynb #d98eae55
+# %% ../nbs/09_train.ipynb #0a131063
 def check_checkpoint(ckpt_path: str|Path, # a Lightning .ckpt file
                      module: pl.LightningModule, # the module that will load it
                      loader=None, # the training loader (e.g. `TokenBatches`): must match the checkpoint's data
@@ -276,7 +276,7 @@ def check_checkpoint(ckpt_path: str|Path, # a Lightning .ckpt file
         except ValueError as e: raise ValueError(f"{str(p)!r}: {e}") from None
     return p
 
-# %% ../nbs/09_train.ipynb #75daba4f
+# %% ../nbs/09_train.ipynb #76806784
 @dataclass
 class FitResult:
     "What a fit returns: the trained module, its trainer, metric history, output folders and throughput."
@@ -307,7 +307,7 @@ def fit_pretraining(module: MLMPretrainer, # the model to train
     trainer.fit(module, train, val, ckpt_path=str(ckpt_path) if ckpt_path else None)
     return FitResult(module, trainer, hist, dirs or None, module.throughput)
 
-# %% ../nbs/09_train.ipynb #accea169
+# %% ../nbs/09_train.ipynb #04a169db
 def _unwrap(model):
     if isinstance(model, pl.LightningModule) and hasattr(model, 'model'): return model.model
     return model
@@ -355,7 +355,7 @@ def load_pretrained(model_dir: str|Path, # folder written by `save_pretrained`
         with open(d/'gene_medians.pkl', 'rb') as f: extras['gene_medians'] = pickle.load(f)
     return model.eval(), td, extras
 
-# %% ../nbs/09_train.ipynb #814f2110
+# %% ../nbs/09_train.ipynb #90f3e0c7
 def _pool(hidden, input_ids, attention_mask, pooling, special_ids, cls_id):
     if pooling == 'cls':
         if cls_id is None or not bool((input_ids[:, 0] == cls_id).all()):
@@ -410,7 +410,7 @@ def extract_embeddings(model, # model or export folder
     parts = [e for _, e in embed_batches(model, gen(), td, pooling, layer, progress, total=math.ceil(len(ex) / batch_size))]
     return np.concatenate(parts) if parts else np.zeros((0, _unwrap(model).config.hidden_size), np.float32)
 
-# %% ../nbs/09_train.ipynb #4156bb60
+# %% ../nbs/09_train.ipynb #51348242
 class _Tensors(torch.utils.data.Dataset):
     def __init__(self, **cols): self.cols = cols; self.n = len(next(iter(cols.values())))
     def __len__(self): return self.n
@@ -440,7 +440,7 @@ def fit_embedding_classifier(X: np.ndarray, # n × d embeddings (or any features
     trainer.fit(m, dl(tr, True), dl(va, False) if nv else None)
     return FitResult(m, trainer, hist, None, m.throughput)
 
-# %% ../nbs/09_train.ipynb #22e04876
+# %% ../nbs/09_train.ipynb #108ebb19
 def h5ad_token_batches(paths, # .h5ad file(s) of raw counts
                        tokenizer: RankValueTokenizer, # spot or neighbourhood tokenizer
                        collator: MLMCollator, # masks the tokenized batches
@@ -484,7 +484,7 @@ def embed_h5ad(paths, # .h5ad file(s) of raw counts
     out.obsm[key] = E
     return out
 
-# %% ../nbs/09_train.ipynb #f3b2e70b
+# %% ../nbs/09_train.ipynb #2ab94d53
 def fit_classifier(paths, # .h5ad file(s)
                    label_key: str='region', # obs column to predict
                    cfg: TrainConfig|None=None, # training arguments
@@ -517,7 +517,7 @@ def fit_classifier(paths, # .h5ad file(s)
         hist.test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith('test_')}
     return FitResult(m, trainer, hist, dirs or None, m.throughput)
 
-# %% ../nbs/09_train.ipynb #31ba4822
+# %% ../nbs/09_train.ipynb #9e73f8be
 SEARCH_TYPES = ('loguniform', 'uniform', 'int', 'categorical')
 
 def check_search_space(space: dict) -> dict:
@@ -599,7 +599,7 @@ def run_hpo(objective: Callable[[dict], float], # params -> score (e.g. validati
     if verbose: print(f"best trial: value={best['best_value']:.4g} params={best['best_params']}" + (f" (saved to {best['path']})" if best['path'] else ''))
     return best
 
-# %% ../nbs/09_train.ipynb #6bc7ba79
+# %% ../nbs/09_train.ipynb #0ea7c1b8
 _MODEL_ARGS = ('vocab_size', 'mode', 'num_layers', 'num_heads', 'embed_dim', 'max_input', 'activation', 'initializer_range',
                'layer_norm_eps', 'attention_dropout', 'hidden_dropout', 'intermediate_size')
 
@@ -673,7 +673,7 @@ class PretrainML:
         return run_hpo(objective, search_space, n_trials, backend, seed=self.cfg.seed,
                        output_dir=Path(self.cfg.output_dir).expanduser()/'hpo', resources_per_trial=resources_per_trial)
 
-# %% ../nbs/09_train.ipynb #51490e9f
+# %% ../nbs/09_train.ipynb #44766325
 def _load_yaml(path) -> dict:
     if path is None: return {}
     import yaml
