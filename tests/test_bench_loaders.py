@@ -217,3 +217,19 @@ def test_ensure_data_reuses_cached_file(L, tmp_path):
     assert p1 == p2 and p2.stat().st_mtime_ns == mtime and gen2.endswith('(cached)') and not gen1.endswith('(cached)')
     labels = L.read_labels(p1)
     assert len(labels) == 300 and (labels.min() >= 0) and len(list(tmp_path.iterdir())) == 1
+
+
+def test_paired_ratio_cancels_drift(L):
+    # round 0 on a quiet machine, round 1 under load: every candidate halves, the per-round ratio stays 2
+    rows = [dict(name='a', repeat=0, cells_per_s=400.0), dict(name='b', repeat=0, cells_per_s=200.0),
+            dict(name='a', repeat=1, cells_per_s=100.0), dict(name='b', repeat=1, cells_per_s=50.0),
+            dict(name='a', repeat=2, cells_per_s=90.0), dict(name='b', repeat=2, error='boom'),
+            dict(name='c', repeat=0, cells_per_s=500.0)]
+    assert L.paired_ratio(rows, ['a'], 'b') == 2.0                    # round 2 (b failed) is left out
+    assert L.paired_ratio(rows, ['a', 'c'], 'b') == pytest.approx((2.5 + 2.0) / 2)   # best of num per round
+    assert L.paired_ratio(rows, ['a'], 'missing') is None
+    med = {'spatial_dl block': dict(cells_per_s=250.0), 'scDataset b16/f16': dict(cells_per_s=125.0)}
+    rows = [dict(name='spatial_dl block', repeat=i, cells_per_s=v) for i, v in enumerate((400.0, 100.0))] + \
+           [dict(name='scDataset b16/f16', repeat=i, cells_per_s=v) for i, v in enumerate((100.0, 50.0))]
+    r = L.compute_ratios(med, rows)['block_over_scdataset']
+    assert r['value'] == 3.0 and r['pass'] is True and 'ratio of medians 2.00' in r['note']
