@@ -29,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.append(str(Path(__file__).resolve().parent))
+# Run as a script, Python puts bench/ first on sys.path, where this file would shadow HuggingFace's `tokenizers`
+# package (imported by transformers/datasets): move bench/ to the end, only for `_common`.
+_here = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or '.').resolve() != _here] + [str(_here)]
 from _common import base_argparser, interleaved, medians, print_table, target, write_json  # noqa: E402
 
 PACKAGES = ('spatial_dl', 'numpy', 'scipy', 'torch', 'h5py', 'anndata', 'datasets', 'pyarrow', 'stformer')
