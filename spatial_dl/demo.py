@@ -84,7 +84,7 @@ def run_demo(paths: list|None=None, # .h5ad files; the embedded default dataset 
     metrics['plot'] = str(out_dir/'loss.png'); metrics['metrics_file'] = str(out_dir/'metrics.json')
     return metrics
 
-# %% ../nbs/14_demo.ipynb #5eb5b638
+# %% ../nbs/14_demo.ipynb #66eeca5e
 def plot_losses(metrics: dict, path: str|Path|None=None):
     "Training loss per step (raw and smoothed) and validation accuracy per epoch; saved to `path` when given."
     import matplotlib.pyplot as plt
@@ -98,6 +98,8 @@ def plot_losses(metrics: dict, path: str|Path|None=None):
         ax[1].plot([v['epoch'] for v in metrics['val']], [v['val_acc'] for v in metrics['val']], 'o-')
         ax[1].axhline(1/metrics['n_classes'], ls='--', c='grey', label='chance'); ax[1].legend()
     ax[1].set(xlabel='epoch', ylabel='accuracy', title='validation accuracy', ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
+    ax[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     if path is not None:
         with atomic_write(path) as tmp: fig.savefig(tmp, dpi=110, format='png')
