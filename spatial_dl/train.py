@@ -673,7 +673,7 @@ class PretrainML:
         return run_hpo(objective, search_space, n_trials, backend, seed=self.cfg.seed,
                        output_dir=Path(self.cfg.output_dir).expanduser()/'hpo', resources_per_trial=resources_per_trial)
 
-# %% ../nbs/09_train.ipynb #44766325
+# %% ../nbs/09_train.ipynb #0e724b76
 def _load_yaml(path) -> dict:
     if path is None: return {}
     import yaml
