@@ -21,7 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parent))
+# run as a script, bench/ comes first on sys.path and bench/tokenizers.py would shadow HuggingFace's `tokenizers`
+# (imported by transformers/datasets): keep bench/ last, only for `_common`
+_here = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or '.').resolve() != _here] + [str(_here)]
 from _common import base_argparser, interleaved, medians, print_table, target, write_json  # noqa: E402
 
 PACKAGES = ('spatial_dl', 'torch', 'lightning', 'transformers', 'datasets', 'numpy')
