@@ -86,7 +86,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #fcc3161e
+# %% ../nbs/04_loaders.ipynb #83f5aa78
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -165,8 +165,11 @@ class AnnDataset(IterableDataset):
                 f"strategy={self.strategy!r}, output={self.output!r}, rank {r}/{w}, epoch {self.epoch}, {len(self)} batches)")
     def __getstate__(self):
         d = self.__dict__.copy()
-        if d['rank'] is None:   # pickled in the parent (spawned workers): pin the parent's rank and world size
-            d['rank'], d['world_size'] = self._rank_world()
+        if d['rank'] is None:
+            # Inside a distributed job, spawned DataLoader workers cannot discover the rank: pin it. Outside one (e.g. a
+            # parent about to start DDP processes with spawn), leave it to be discovered in the process that iterates.
+            r, w = self._rank_world()
+            if w > 1: d['rank'], d['world_size'] = r, w
         return d
 
     def __iter__(self):
