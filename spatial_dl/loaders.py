@@ -86,7 +86,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #83f5aa78
+# %% ../nbs/04_loaders.ipynb #3500618b
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -139,7 +139,7 @@ class AnnDataset(IterableDataset):
             raise ValueError(f"give both rank and world_size or neither (got rank={rank}, world_size={world_size})")
         if rank is not None: DistInfo(int(rank), int(world_size))   # validates 0 <= rank < world_size
         self.rank, self.world_size = rank, world_size
-        self.epoch, self._dense_pool = 0, BufferPool(10)
+        self.epoch, self.skip, self._dense_pool = 0, 0, BufferPool(10)   # skip: batches of this epoch not to deliver (once)
         self.strategy.num_batches(len(self.indices), self.batch_size, self.world_size or 1, self.drop_last, self.pad)
 
     # --- small API
@@ -175,6 +175,19 @@ class AnnDataset(IterableDataset):
     def __iter__(self):
         "Mini-batch dicts of this rank (and DataLoader worker, when inside one) for the current epoch."
         return self._iter()
+
+    # exact mid-epoch resume: `skip` = batches of the current epoch already delivered (set by `train.ExactResume`);
+    # the next iteration starts at batch `skip` of the plan without reading the skipped ones, then `skip` is back to 0
+    def state_dict(self) -> dict:
+        "What identifies this dataset's plans (checked against a checkpoint; the position lives in `train.ExactResume`)."
+        return dict(seed=self.seed, n_indices=len(self.indices), batch_size=self.batch_size, strategy=repr(self.strategy),
+                    drop_last=self.drop_last, pad=self.pad)
+    def load_state_dict(self, state: dict):
+        "Raise if `state` (from `state_dict`) describes other data or another plan than this dataset's."
+        mine = self.state_dict()
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if diff: raise ValueError(f"incompatible checkpoint: its data loader had {{k: saved}} = "
+                                  f"{ {k: a for k, (a, b) in diff.items()} } but this run has { {k: b for k, (a, b) in diff.items()} }")
 
     def plan(self, epoch: int|None=None, # epoch to plan (default: the current one)
              worker: int=0, num_workers: int=1) -> FetchPlan:
@@ -303,7 +316,7 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2):
             yield b
     finally: stop.set()
 
-# %% ../nbs/04_loaders.ipynb #d157610e
+# %% ../nbs/04_loaders.ipynb #35457a26
 def _iter_fetches(self: AnnDataset, fetches) -> 'Iterator[list[dict]]':
     "Raw mini-batches of each fetch (for DataLoader workers), the next fetch read by a background thread."
     if not self.prefetch: 
@@ -311,10 +324,22 @@ def _iter_fetches(self: AnnDataset, fetches) -> 'Iterator[list[dict]]':
         return
     for item in _pipelined(fetches, lambda f: [self._load_fetch(f)], 1, queue_size=1): yield item
 
+def _skip_batches(fetches: list, k: int, b: int) -> list:
+    "`fetches` without their first `k` mini-batches (of `b` rows; only a fetch's last batch can be short)."
+    out = list(fetches)
+    while k > 0 and out:
+        n = -(-len(out[0]) // b)
+        if k >= n: out.pop(0); k -= n
+        else: out[0] = out[0][k * b:]; k = 0
+    return out
+
 def _worker_fetches(self: AnnDataset, epoch: int|None=None) -> list:
-    "This rank+worker's fetches for the current epoch (worker from torch's worker info)."
+    "This rank+worker's fetches for the current epoch (worker from torch's worker info), after `skip` batches (consumed)."
     d = dist_info(*self._rank_world())
-    return list(self.plan(epoch, d.worker, d.num_workers).fetches)
+    skip, self.skip = int(getattr(self, 'skip', 0)), 0
+    if not skip: return list(self.plan(epoch, d.worker, d.num_workers).fetches)
+    # workers take fetches round-robin from the rank's list, so skip on the whole list first, then deal it out
+    return _skip_batches(self.plan(epoch).fetches, skip, self.batch_size)[d.worker::d.num_workers]
 
 def _densified(self: AnnDataset, f: np.ndarray):
     "Read fetch `f` and yield its finished (densified) batches, dropping each raw batch once used."
@@ -338,7 +363,7 @@ def _iter(self: AnnDataset):
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 
-# %% ../nbs/04_loaders.ipynb #d72c1ca9
+# %% ../nbs/04_loaders.ipynb #aff51b7e
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
@@ -403,9 +428,12 @@ class _FetchStream(IterableDataset):
     "What DataLoader workers iterate: whole fetches of raw (CSR) mini-batches."
     def __init__(self, ds: AnnDataset):
         self.ds, self.shared_epoch, self.rank_world, self.ring, self.go = ds, None, None, None, None
+        self.skip, self.shared_skip = 0, None    # batches to skip this epoch (shared_skip: for persistent workers)
     def __iter__(self):
         ds = self.ds
         if self.shared_epoch is not None: ds.epoch = int(self.shared_epoch.value)
+        if torch.utils.data.get_worker_info() is not None:   # a worker's copy: skip what the main process asked
+            ds.skip = int(self.shared_skip.value) if self.shared_skip is not None else self.skip
         if self.rank_world is not None: ds.rank, ds.world_size = self.rank_world
         wi = torch.utils.data.get_worker_info()
         own = ds._worker_fetches()
@@ -428,7 +456,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #76fa1a59
+# %% ../nbs/04_loaders.ipynb #2cd9a6e8
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -451,9 +479,11 @@ class AnnDataLoader(DataLoader):
         if nw and kwargs.get('persistent_workers'):
             ctx = kwargs.get('multiprocessing_context') or mp.get_context()
             ctx = mp.get_context(ctx) if isinstance(ctx, str) else ctx
-            stream.shared_epoch = ctx.RawValue('q', dataset.epoch)
-        self._ring = torch.zeros((nw, _RING), dtype=torch.int8).share_memory_() if nw else None
-        if nw > 1: stream.go = torch.zeros(1, dtype=torch.int8).share_memory_()   # 1 once the first fetch arrived
+            stream.shared_epoch, stream.shared_skip = ctx.RawValue('q', dataset.epoch), ctx.RawValue('q', 0)
+        with torch.inference_mode(False):   # Lightning builds val loaders under inference mode: workers write these flags
+            self._ring = torch.zeros((nw, _RING), dtype=torch.int8).share_memory_() if nw else None
+            if nw > 1: stream.go = torch.zeros(1, dtype=torch.int8).share_memory_()   # 1 once the first fetch arrived
+        self._own_generator = kwargs.get('generator') is None
         super().__init__(stream, batch_size=None, collate_fn=_identity, **kwargs)
         self.ann_dataset = dataset
         object.__setattr__(self, 'sampler', _EpochSampler(dataset))
@@ -462,6 +492,11 @@ class AnnDataLoader(DataLoader):
         ds, stream = self.ann_dataset, self.dataset
         stream.rank_world = ds._rank_world()
         if stream.shared_epoch is not None: stream.shared_epoch.value = ds.epoch
+        if self.num_workers and self._own_generator:   # worker seeds from (seed, epoch), not drawn from the global RNG
+            self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence([ds.seed, ds.epoch]).generate_state(1)[0]))
+        if self.num_workers:                           # workers skip (the dataset copy they get); consumed here
+            stream.skip, ds.skip = int(getattr(ds, 'skip', 0)), 0
+            if stream.shared_skip is not None: stream.shared_skip.value = stream.skip
         if self.num_workers == 0:                      # in-process: the dataset's own threaded pipeline
             yield from ds
             return
@@ -487,6 +522,9 @@ class AnnDataLoader(DataLoader):
 
     def __len__(self) -> int: return len(self.ann_dataset)
     def set_epoch(self, epoch: int): self.ann_dataset.set_epoch(epoch)
+    # Lightning's resumable-loader protocol (checks the data; the position is the dataset's `skip`, set by `ExactResume`)
+    def state_dict(self) -> dict: return self.ann_dataset.state_dict()
+    def load_state_dict(self, state: dict): self.ann_dataset.load_state_dict(state)
 
 def make_dataloader(dataset: AnnDataset, # the dataset to load from
                     num_workers: int=0, # DataLoader worker processes (0: read in the main process, with a prefetch thread)
@@ -497,7 +535,7 @@ def make_dataloader(dataset: AnnDataset, # the dataset to load from
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     return AnnDataLoader(dataset, num_workers=int(num_workers), **kwargs)
 
-# %% ../nbs/04_loaders.ipynb #bd2e0ae1
+# %% ../nbs/04_loaders.ipynb #260e9c7d
 def _split_fracs(split) -> tuple:
     f = tuple(float(x) for x in split)
     if len(f) == 2: f = f + (0.0,)

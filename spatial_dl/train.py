@@ -219,7 +219,7 @@ class TokenBatches:
         if diff: raise ValueError(f"incompatible checkpoint: its data loader had {{k: saved}} = "
                                   f"{ {k: a for k, (a, b) in diff.items()} } but this run has { {k: b for k, (a, b) in diff.items()} }")
 
-# %% ../nbs/09_train.ipynb #a21a196e
+# %% ../nbs/09_train.ipynb #9a3adcd7
 def _rng_state():
     "RNG states in types that `torch.load(weights_only=True)` accepts."
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -231,19 +231,27 @@ def _set_rng_state(s):
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)); random.setstate(tuple(s['python']))
 
 class ExactResume(Callback):
-    "Keeps a `TokenBatches`-like loader (with `set_epoch`, `skip`) in step with the trainer, and resumes it mid-epoch."
+    "Keeps a loader with `set_epoch` and `skip` (`TokenBatches`, `AnnDataset`, `AnnDataLoader`, `AnnDataModule`) in step with the trainer, and resumes it mid-epoch."
     def __init__(self, loader): self.loader, self.epoch, self.done, self._rng = loader, 0, 0, None
     @property
     def state_key(self): return 'ExactResume'
+    @property
+    def data(self):
+        "The object that plans the batches: a datamodule's training dataset, an `AnnDataLoader`'s `AnnDataset`, or the loader."
+        ld = self.loader
+        if getattr(ld, 'train_dataset', None) is not None: ld = ld.train_dataset
+        return getattr(ld, 'ann_dataset', ld)
     def _apply(self, epoch, skip):
         self.epoch, self.done = epoch, skip
-        if hasattr(self.loader, 'set_epoch'): self.loader.set_epoch(epoch)
-        self.loader.skip = skip
+        ld = self.data
+        if hasattr(ld, 'set_epoch'): ld.set_epoch(epoch)
+        ld.skip = skip
     # a fresh epoch starts at batch 0 (Lightning does not call this hook for the epoch it resumes mid-way)
     def on_train_epoch_start(self, trainer, pl_module): self._apply(trainer.current_epoch, 0)
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): self.done += 1
     def state_dict(self):
-        data = self.loader.state_dict() if hasattr(self.loader, 'state_dict') else None
+        ld = self.data
+        data = ld.state_dict() if hasattr(ld, 'state_dict') else None
         return dict(epoch=self.epoch, batches_done=self.done, rng=_rng_state(), data=data)
     # restored before the data loader's first batch: position now, RNG states when training starts
     def load_state_dict(self, state): self._apply(state['epoch'], state['batches_done']); self._rng = state.get('rng')
@@ -484,7 +492,7 @@ def embed_h5ad(paths, # .h5ad file(s) of raw counts
     out.obsm[key] = E
     return out
 
-# %% ../nbs/09_train.ipynb #2ab94d53
+# %% ../nbs/09_train.ipynb #fe3c69b2
 def fit_classifier(paths, # .h5ad file(s)
                    label_key: str='region', # obs column to predict
                    cfg: TrainConfig|None=None, # training arguments
@@ -494,9 +502,11 @@ def fit_classifier(paths, # .h5ad file(s)
                    split_by: str|None=None, # obs column kept whole across splits (e.g. 'sample')
                    dirs: dict|None=None, # output folders; made from cfg when None ({} for none)
                    strategy: str='block', # loader shuffle strategy
+                   ckpt_path: str|Path|None=None, # resume from this checkpoint ('last': the run's last one), batch-exact
+                   callbacks: list|None=None, # extra Lightning callbacks
                    **module_kwargs, # more `ExpressionClassifier` arguments
                   ) -> FitResult:
-    "Train and test an `ExpressionClassifier` on .h5ad files with the loader engine."
+    "Train (or resume exactly) and test an `ExpressionClassifier` on .h5ad files with the loader engine."
     from spatial_dl.loaders import AnnDataModule
     cfg = cfg or TrainConfig(scheduler='constant')
     if dirs is None: dirs = make_output_dirs(cfg.output_dir, cfg.run_name)
@@ -510,8 +520,10 @@ def fit_classifier(paths, # .h5ad file(s)
     module_kwargs.setdefault('log1p', input_key == 'X')
     m = ExpressionClassifier(n_in, len(cats), hidden=hidden, lr=cfg.lr, label_key=label_key, input_key=input_key,
                              weight_decay=cfg.weight_decay, optimizer=cfg.optimizer, class_names=list(cats), **module_kwargs)
-    hist = History(); trainer = make_trainer(cfg, dirs or None, [hist])
-    trainer.fit(m, datamodule=dm)
+    if ckpt_path == 'last': ckpt_path = (dirs or {}).get('checkpoints', Path('.'))/'last.ckpt'
+    if ckpt_path is not None: check_checkpoint(ckpt_path, m, dm.train_dataset)
+    hist = History(); trainer = make_trainer(cfg, dirs or None, [hist, ExactResume(dm)] + list(callbacks or []))
+    trainer.fit(m, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if dm.test_dataset is not None:
         trainer.test(m, datamodule=dm, verbose=False)
         hist.test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith('test_')}
