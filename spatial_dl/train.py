@@ -448,7 +448,7 @@ def fit_embedding_classifier(X: np.ndarray, # n × d embeddings (or any features
     trainer.fit(m, dl(tr, True), dl(va, False) if nv else None)
     return FitResult(m, trainer, hist, None, m.throughput)
 
-# %% ../nbs/09_train.ipynb #108ebb19
+# %% ../nbs/09_train.ipynb #55475664
 def h5ad_token_batches(paths, # .h5ad file(s) of raw counts
                        tokenizer: RankValueTokenizer, # spot or neighbourhood tokenizer
                        collator: MLMCollator, # masks the tokenized batches
@@ -461,8 +461,26 @@ def h5ad_token_batches(paths, # .h5ad file(s) of raw counts
     from spatial_dl.loaders import AnnDataset
     ds = AnnDataset(paths, batch_size, strategy=strategy, seed=seed, var_key=tokenizer.gene_key, **dataset_kwargs)
     ds.before_dense = TokenizeTransform(tokenizer, ds.reader)
-    ds.after_dense = collator
+    ds.after_dense = _BatchKeyedMasks(collator, ds, seed)
     return ds
+
+class _BatchKeyedMasks:
+    "Masks each batch under RNG streams seeded by (seed, epoch, the batch's first global row and size): a resumed run that skips batches masks the rest exactly as an uninterrupted one."
+    def __init__(self, collator, dataset, seed): self.collator, self.dataset, self.seed = collator, dataset, seed
+    def __call__(self, batch):
+        idx = batch['index']
+        s = int(make_rng(self.seed, self.dataset.epoch, int(idx[0]) if len(idx) else -1, len(idx), 11).integers(2**62))
+        c = self.collator
+        if getattr(c, 'seed', None) is not None:  # a seeded collator draws from its own generator: re-key it per batch
+            c._generator()  # binds this process's key, so the collator keeps the stream set next
+            c._gen = torch.Generator().manual_seed(s)
+            return c(batch)
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(s % 2**63); np.random.seed(s % 2**32); random.seed(s)
+                return c(batch)
+        finally: np.random.set_state(np_state); random.setstate(py_state)
 
 def embed_h5ad(paths, # .h5ad file(s) of raw counts
                model_dir: str|Path, # folder written by `save_pretrained` (with gene medians and tokenizer settings)
