@@ -30,7 +30,6 @@ def test_readme_is_generated_from_index():
     import make_readme
     text = make_readme.render(root/'nbs'/'index.ipynb')
     assert (root/'README.md').read_text() == text
-    lines = [l for l in text.splitlines() if l.strip() and not l.startswith('<!--')]
     # the README opens with the two commands
     block = text[text.index('```sh'):]
     cmds = [l.split('#')[0].strip() for l in block.splitlines()[1:block.splitlines().index('```')]]
