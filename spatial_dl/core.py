@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['DistInfo', 'rank_and_world', 'dist_info', 'make_rng', 'seed_everything', 'atomic_write', 'check_positive_int',
-           'check_choice']
+           'check_choice', 'numba_jit']
 
 # %% ../nbs/00_core.ipynb #e5dca589
 import os, random, tempfile, contextlib
@@ -117,3 +117,18 @@ def check_choice(value: str, name: str, choices) -> str:
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     hint = f" did you mean {close[0]!r}?" if close else ''
     raise ValueError(f"{name} must be one of {choices}, got {value!r};{hint}".rstrip(';'))
+
+# %% ../nbs/00_core.ipynb #0f16201a
+_JITTED = {}
+
+def numba_jit(fn, # a function numba can compile in nopython mode
+             ):
+    "`fn` compiled by numba (nogil), or None when numba is missing or `SPATIAL_DL_NUMBA=0`."
+    if os.environ.get('SPATIAL_DL_NUMBA', '1') == '0': return None
+    if fn not in _JITTED:
+        try:
+            import numba, inspect
+            src = inspect.getsourcefile(fn) or ''
+            _JITTED[fn] = numba.njit(nogil=True, cache=os.path.isfile(src))(fn)
+        except ImportError: _JITTED[fn] = None
+    return _JITTED[fn]

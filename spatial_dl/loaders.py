@@ -86,7 +86,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #3500618b
+# %% ../nbs/04_loaders.ipynb #926bd0b7
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -110,7 +110,7 @@ class AnnDataset(IterableDataset):
                  var_join=None, # gene alignment across files: None, 'inner', 'outer' or a gene list
                  var_key: str|None=None, # var column holding gene ids (None: the var index)
                  prefetch: bool=True, # read (and densify) ahead in background threads; False: everything in the caller's thread
-                 num_threads: int=1, # background threads, each reading and densifying every `num_threads`-th fetch
+                 num_threads: int=2, # background threads, each reading and densifying every `num_threads`-th fetch
                  block_size: int|None=None, # block size for strategy='block' (default `DEFAULT_BLOCK_SIZE`)
                  fetch_factor: int|None=None, # mini-batches per read for strategies given by name (default 16)
                 ):

@@ -13,8 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 import h5py
 
-# %% ../nbs/03_readers.ipynb #1a887a0e
-from .core import check_choice
+# %% ../nbs/03_readers.ipynb #63ac3655
+from .core import check_choice, numba_jit
 
 # %% ../nbs/03_readers.ipynb #48a65887
 class ReaderError(ValueError):
@@ -98,7 +98,7 @@ class _Array:
     def row_bytes(self) -> int:
         return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
-# %% ../nbs/03_readers.ipynb #55d81d2c
+# %% ../nbs/03_readers.ipynb #0aaf5f8b
 _MATRIX_HINT = "write X as CSR (e.g. adata.X = scipy.sparse.csr_matrix(adata.X)) or as a dense array"
 
 @dataclass
@@ -120,7 +120,9 @@ class _FileInfo:
         if path.is_dir(): raise ReaderError(f"{path}: is a directory, expected an .h5ad file (zarr stores are not supported)")
         if path.stat().st_size == 0: raise ReaderError(f"{path}: file is empty (0 bytes), expected an .h5ad file")
         if not h5py.is_hdf5(path): raise ReaderError(f"{path}: not an HDF5 file (expected an .h5ad written by anndata)")
-        with h5py.File(path, 'r') as f:
+        try: f = h5py.File(path, 'r')
+        except OSError as e: raise ReaderError(f"{path}: cannot be opened as HDF5 ({e})") from e
+        with f:
             for k in ('obs', 'var'):
                 if k not in f or not isinstance(f[k], h5py.Group):
                     raise ReaderError(f"{path}: not an AnnData layout: no '{k}' group (found top-level keys {sorted(f.keys())})")
@@ -332,7 +334,7 @@ def _as_keys(keys, name) -> tuple:
         if not isinstance(k, str): raise TypeError(f"{name}: expected strings, got {k!r}")
     return keys
 
-# %% ../nbs/03_readers.ipynb #a68f2902
+# %% ../nbs/03_readers.ipynb #6af4bd0c
 def _check_pid(self: H5adCollection):
     pid = os.getpid()
     if self._pid != pid:  # new process (fork) or first use: forget inherited handles without closing them
@@ -355,6 +357,11 @@ def _read_rows(self: H5adCollection, i: int, arr: _Array, starts: np.ndarray, st
     lens = stops - starts
     out = np.empty((int(lens.sum()),) + tuple(arr.shape[1:]), dtype=arr.dtype)
     if out.size == 0: return out
+    try: _read_rows_into(self, i, arr, starts, stops, lens, out)
+    except OSError as e: raise ReaderError(f"{self.paths[i]}: {arr.name}: {e}") from e
+    return out
+
+def _read_rows_into(self, i, arr, starts, stops, lens, out):
     if arr.offset is not None:
         fd, rb, o = _fd(self, i), arr.row_bytes, 0
         for s, n in zip(starts.tolist(), lens.tolist()):
@@ -369,7 +376,6 @@ def _read_rows(self: H5adCollection, i: int, arr: _Array, starts: np.ndarray, st
         d, o = _h5file(self, i)[arr.name], 0
         for s, e in zip(starts.tolist(), stops.tolist()):
             if e > s: d.read_direct(out, np.s_[s:e], np.s_[o:o+e-s]); o += e - s
-    return out
 
 H5adCollection._fd, H5adCollection._h5file, H5adCollection._read_rows = _fd, _h5file, _read_rows
 
@@ -486,7 +492,7 @@ def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
     m.data, m.indices, m.indptr = data, indices, indptr
     return m
 
-# %% ../nbs/03_readers.ipynb #54e8177d
+# %% ../nbs/03_readers.ipynb #fcc33ce5
 _IOV_MAX = 1024
 
 def _preadv_scatter(fd: int, bufs: list, offset: int):
@@ -517,6 +523,63 @@ def _fast_ok(self: H5adCollection, files) -> bool:
         if d.offset is None or ix.offset is None or d.dtype != np.float32 or ix.dtype != np.int32: return False
     return True
 
+def _libc_preadv():
+    "libc's `preadv` as a ctypes function (None where there is none)."
+    try:
+        import ctypes
+        f = ctypes.CDLL(None, use_errno=True).preadv
+    except (OSError, AttributeError): return None
+    f.restype, f.argtypes = ctypes.c_ssize_t, [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+    return f
+
+def _preadv_groups_py(preadv, fds, offs, g_a, g_b, seg_off, seg_len, base, scratch, iov):
+    """Group g: fill segments `g_a[g]:g_b[g]` (at `base + seg_off`, or `scratch` where seg_off < 0) from consecutive
+    bytes at `offs[g]` of `fds[g]`, 1,024 segments per system call. Returns the first group that came back short, or -1."""
+    n_iov = len(iov) // 2
+    for g in range(len(g_a)):
+        off, s = offs[g], g_a[g]
+        while s < g_b[g]:
+            e = min(s + n_iov, g_b[g]); want = 0
+            for k in range(s, e):
+                iov[2 * (k - s)] = base + seg_off[k] if seg_off[k] >= 0 else scratch
+                iov[2 * (k - s) + 1] = seg_len[k]; want += seg_len[k]
+            if preadv(np.int32(fds[g]), iov.ctypes.data, np.int32(e - s), off) != want: return g
+            off += want; s = e
+    return -1
+
+_PREADV = []
+_SMALL_READ = 1024   # rows: a smaller read that would first have to load the compiled loop takes the Python path
+
+def _preadv_groups(n_seg: int=_SMALL_READ):
+    """The compiled group reader and libc's preadv, or None (no numba, no preadv). Loading the compiled loop costs
+    ~0.3 s once per process, so a small read (the loader's first batch) takes the Python path until it is loaded."""
+    if not _PREADV: _PREADV.append(_libc_preadv())
+    if _PREADV[0] is None: return None
+    if n_seg < _SMALL_READ and len(_PREADV) < 2: return None
+    k = numba_jit(_preadv_groups_py)
+    if k is None: return None
+    if len(_PREADV) < 2: _PREADV.append(True)   # loaded in this process
+    return k, _PREADV[0]
+
+def _read_groups(self: H5adCollection, files, fds, offs, g_a, g_b, seg_off, seg_len, buf: np.ndarray):
+    "Execute a scatter-read plan into `buf` (compiled: no GIL, no Python per row; else one `os.preadv` per group)."
+    scratch = self._scratch(int(seg_len[seg_off < 0].max(initial=0)))
+    first = 0
+    kp = _preadv_groups(len(seg_off))
+    if kp is not None and len(g_a):
+        k, preadv = kp
+        first = k(preadv, fds, offs, g_a, g_b, seg_off, seg_len, buf.ctypes.data, scratch.ctypes.data,
+                  np.zeros(2 * _IOV_MAX, np.int64))
+        if first < 0: return
+    mv, smv = memoryview(buf).cast('B'), memoryview(scratch).cast('B')
+    so, sl = seg_off.tolist(), seg_len.tolist()
+    for g in range(first, len(g_a)):   # the Python path, or the rest after a short read (it retries, then names the error)
+        a, b = int(g_a[g]), int(g_b[g])
+        try: _preadv_scatter(int(fds[g]), [mv[so[j]:so[j] + sl[j]] if so[j] >= 0 else smv[:sl[j]] for j in range(a, b)], int(offs[g]))
+        except OSError as e: raise ReaderError(f"{self.paths[files[g]]}: {e}") from e
+
+H5adCollection._read_groups = _read_groups
+
 def _read_fast(self: H5adCollection, rows: np.ndarray, fid: np.ndarray) -> sp.csr_matrix:
     "Scatter-read CSR rows (any order, repeats allowed) into pooled buffers in the order given."
     n = len(rows)
@@ -529,42 +592,39 @@ def _read_fast(self: H5adCollection, rows: np.ndarray, fid: np.ndarray) -> sp.cs
     total = int(indptr[-1])
     idt = np.int32 if total < 2**31 - 1 else np.int64
     data, indices = self._pool.array(total, np.float32), self._pool.array(total, np.int32)
+    # the plan: unique rows in file order, cut into runs of adjacent rows, runs joined into groups across small gaps
     order = np.argsort(rows, kind='stable'); srt = rows[order]
     first = np.ones(n, bool); first[1:] = srt[1:] != srt[:-1]
     u_pos, u_rows = order[first], srt[first]
     u_fid = fid[u_pos]
     brk = np.flatnonzero((np.diff(u_rows) != 1) | (np.diff(u_fid) != 0)) + 1
     run_a, run_b = np.r_[0, brk], np.r_[brk, len(u_rows)]
-    dmv, imv = memoryview(data).cast('B'), memoryview(indices).cast('B')
-    bstart, bend = (indptr[u_pos] * 4).tolist(), (indptr[u_pos + 1] * 4).tolist()
-    files = {i: (_fd(self, i), self._infos[i].arrays['data'].offset, self._infos[i].arrays['indices'].offset)
-             for i in np.unique(u_fid).tolist()}
-    # runs of the same file separated by at most `gap_bytes` are read by one call, the gap landing in a scratch buffer
     fs = starts[u_pos[run_a]] * 4
     fe = (starts[u_pos[run_b - 1]] + lens[u_pos[run_b - 1]]) * 4
     rf = u_fid[run_a]
     gaps = fs[1:] - fe[:-1]
-    G = int(self.gap_bytes)
-    join = (gaps >= 0) & (gaps <= G) & (rf[1:] == rf[:-1])
+    join = (gaps >= 0) & (gaps <= int(self.gap_bytes)) & (rf[1:] == rf[:-1])
     gcut = np.flatnonzero(~join) + 1
     g_a, g_b = np.r_[0, gcut], np.r_[gcut, len(run_a)]
-    jmv = memoryview(self._scratch(G)).cast('B') if G and join.any() else None
-    ra, rb, fsl, gl = run_a.tolist(), run_b.tolist(), fs.tolist(), np.r_[gaps, 0].tolist()
-    for ga, gb, i in zip(g_a.tolist(), g_b.tolist(), rf[g_a].tolist()):
-        fd, doff, ioff = files[i]
-        off = fsl[ga]
-        if gb - ga == 1 and rb[ga] - ra[ga] == 1 and _HAVE_PREADV:   # a lone row: one plain read per array
-            a = ra[ga]; s, e = bstart[a], bend[a]
-            if os.preadv(fd, [dmv[s:e]], doff + off) != e - s or os.preadv(fd, [imv[s:e]], ioff + off) != e - s:
-                _preadv_scatter(fd, [dmv[s:e]], doff + off); _preadv_scatter(fd, [imv[s:e]], ioff + off)
-            continue
-        dv, iv = [], []
-        for r in range(ga, gb):
-            for j in range(ra[r], rb[r]):
-                dv.append(dmv[bstart[j]:bend[j]]); iv.append(imv[bstart[j]:bend[j]])
-            if r + 1 < gb and gl[r]: dv.append(jmv[:gl[r]]); iv.append(jmv[:gl[r]])
-        _preadv_scatter(fd, dv, doff + off)
-        _preadv_scatter(fd, iv, ioff + off)
+    # segments: each unique row's slot in the output, plus a scratch segment for each skipped gap inside a group
+    has_gap = np.r_[join & (gaps > 0), False]
+    before = np.r_[0, np.cumsum(has_gap)[:-1]]            # gap segments ahead of each run
+    run_of = np.repeat(np.arange(len(run_a)), run_b - run_a)
+    n_seg = len(u_pos) + int(has_gap.sum())
+    seg_off, seg_len = np.full(n_seg, -1, np.int64), np.empty(n_seg, np.int64)
+    at = np.arange(len(u_pos)) + before[run_of]
+    seg_off[at], seg_len[at] = indptr[u_pos] * 4, lens[u_pos] * 4
+    gat = (run_b + before)[has_gap]
+    seg_len[gat] = gaps[has_gap[:-1]]
+    sg_a, sg_b = run_a[g_a] + before[g_a], run_b[g_b - 1] + before[g_b - 1]
+    gf = rf[g_a]
+    used = np.unique(gf)
+    fd_of = np.full(len(self.paths), -1, np.int64); fd_of[used] = [_fd(self, i) for i in used.tolist()]
+    fds = fd_of[gf]
+    d_off, i_off = np.zeros(len(self.paths), np.int64), np.zeros(len(self.paths), np.int64)
+    for i in used.tolist(): d_off[i], i_off[i] = self._infos[i].arrays['data'].offset, self._infos[i].arrays['indices'].offset
+    self._read_groups(gf, fds, fs[g_a] + d_off[gf], sg_a, sg_b, seg_off, seg_len, data)
+    self._read_groups(gf, fds, fs[g_a] + i_off[gf], sg_a, sg_b, seg_off, seg_len, indices)
     if len(u_pos) < n:   # repeated rows: copy from the first occurrence
         src = order[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
         for j, s in zip(order[~first].tolist(), src[~first].tolist()):
