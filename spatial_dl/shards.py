@@ -6,12 +6,12 @@
 __all__ = ['DTYPE_MAP', 'SPLIT_METHODS', 'MANIFEST', 'FORMAT', 'to_storage', 'from_storage', 'tensor_to_bytes', 'npy_loads',
            'cell_id_to_index', 'dataset_slug', 'make_key', 'Pairing', 'pair_embeddings', 'check_embedding',
            'assign_splits', 'build_samples', 'write_shard', 'prepare_shards', 'load_embedding', 'load_ids',
-           'read_manifest', 'verify_shards', 'ShardSource', 'iter_tar', 'split_key', 'group_members', 'tar_samples',
-           'decode_sample', 'collate_samples', 'PairedShards', 'shard_pipeline', 'demo_paired_embeddings', 'parse_args',
-           'prepare_shards_main']
+           'read_manifest', 'verify_shards', 'ShardSource', 'map_shard', 'tar_members', 'iter_tar', 'regular_layout',
+           'split_key', 'group_members', 'tar_samples', 'decode_sample', 'collate_samples', 'PairedShards',
+           'shard_pipeline', 'demo_paired_embeddings', 'parse_args', 'prepare_shards_main']
 
-# %% ../nbs/11_shards.ipynb #e6691e79
-import argparse, functools, hashlib, io, json, mmap, os, re, shutil, sys, tarfile, tempfile
+# %% ../nbs/11_shards.ipynb #cc337023
+import argparse, functools, hashlib, io, json, mmap, os, re, shutil, struct, sys, tarfile, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -69,26 +69,38 @@ def tensor_to_bytes(x, # a tensor or array
     "`x` cast to `dtype` and serialised as `.npy` bytes (bfloat16 as uint16 bits)."
     return _npy_bytes(to_storage(x, dtype))
 
-# %% ../nbs/11_shards.ipynb #59f6a731
+# %% ../nbs/11_shards.ipynb #785d90dd
 _HEADER_CACHE: dict = {}
+_NPY_MAGIC = b'\x93NUMPY'
 
-def npy_loads(data: bytes, # a `.npy` payload
-              name: str='payload', # what to call it in errors
-             ) -> np.ndarray:
-    "Decode `.npy` bytes without pickle (object dtypes refused); a read-only view of `data`."
-    if data[:6] != b'\x93NUMPY': raise ValueError(f"{name}: not a .npy payload (bad magic {bytes(data[:6])!r})")
-    start = 10 + data[8] + (data[9] << 8) if data[6] == 1 else 12 + int.from_bytes(data[8:12], 'little')
-    header = bytes(data[:start])
+def _npy_parse(mv: memoryview, name: str) -> tuple:
+    "`(header bytes, data offset, dtype, count, shape, order, nbytes)` of the `.npy` payload `mv` (parsed once per distinct header)."
+    head = mv[:12].tobytes()
+    if len(head) < 10 or head[:6] != _NPY_MAGIC: raise ValueError(f"{name}: not a .npy payload (bad magic {head[:6]!r})")
+    start = 10 + head[8] + (head[9] << 8) if head[6] == 1 else 12 + int.from_bytes(head[8:12], 'little')
+    header = mv[:start].tobytes()
     parsed = _HEADER_CACHE.get(header)
     if parsed is None:
         f = io.BytesIO(header); major, _ = np.lib.format.read_magic(f)
         shape, fortran, dt = (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
         if dt.hasobject: raise ValueError(f"{name}: object dtype {dt} refused (no pickle decoding of shard contents)")
-        parsed = (shape, fortran, dt, int(np.prod(shape)), len(shape) == 1)
+        n = int(np.prod(shape))
+        parsed = (header, start, dt, n, None if len(shape) == 1 else shape, 'F' if fortran else 'C', n * dt.itemsize)
         if len(_HEADER_CACHE) < 4096: _HEADER_CACHE[header] = parsed
-    shape, fortran, dt, n, flat = parsed
-    a = np.frombuffer(data, dtype=dt, count=n, offset=start)
-    return a if flat else a.reshape(shape, order='F' if fortran else 'C')
+    return parsed
+
+def _npy_array(mv: memoryview, p: tuple, name: str) -> np.ndarray:
+    _, start, dt, n, shape, order, nbytes = p
+    if len(mv) - start < nbytes: raise ValueError(f"{name}: {len(mv) - start} data bytes, but its header says {shape or (n,)} {dt} ({nbytes} bytes)")
+    a = np.frombuffer(mv, dtype=dt, count=n, offset=start)
+    return a if shape is None else a.reshape(shape, order=order)
+
+def npy_loads(data, # a `.npy` payload (bytes or a memoryview)
+              name: str='payload', # what to call it in errors
+             ) -> np.ndarray:
+    "Decode `.npy` bytes without pickle (object dtypes refused); a read-only view of `data`."
+    mv = data if type(data) is memoryview else memoryview(data)
+    return _npy_array(mv, _npy_parse(mv, name), name)
 
 # %% ../nbs/11_shards.ipynb #6c4dd6d7
 _SUFFIX = re.compile(r'(\d+)$')
@@ -447,9 +459,10 @@ class ShardSource(wds.utils.PipelineStage):
 
     def run(self): return iter(self)
 
-# %% ../nbs/11_shards.ipynb #1a152ac4
+# %% ../nbs/11_shards.ipynb #5518d4de
 _ZERO = bytes(512)
 _META = re.compile(r"__[^/]*__($|/)")
+_HDR = struct.Struct('100s24x12s20xc100x5s83x155s')  # name, size, type flag, magic, prefix of a tar header block
 
 def _pax_path(data: bytes) -> str|None:
     i, out = 0, None
@@ -459,36 +472,102 @@ def _pax_path(data: bytes) -> str|None:
         if k == b'path': out = v.decode()
     return out
 
+def map_shard(path: str|Path, # a tar file
+             ) -> memoryview:
+    "The whole file as a read-only memoryview of a memory map: no copy, and it stays valid while any slice of it is alive."
+    with open(path, 'rb') as f:
+        if os.fstat(f.fileno()).st_size == 0: raise ValueError(f"{path}: empty file, not a tar shard")
+        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+
+def tar_members(buf, # the bytes of a tar file (e.g. from `map_shard`)
+                path: str='tar', # what to call it in errors
+                pos: int=0, # byte offset of the first header to read
+                limit: int|None=None, # stop after this many members
+               ) -> tuple[list, int|None]:
+    "`[(name, start, size)]` of the regular files, skipping the names WebDataset skips (`__...__`), and the offset reached (None at the end-of-archive block)."
+    total = len(buf)
+    out, long_name = [], None
+    unpack, append = _HDR.unpack_from, out.append
+    while pos + 512 <= total:
+        if limit is not None and len(out) >= limit: return out, pos
+        name, size, t, magic, prefix = unpack(buf, pos)
+        if name[0] == 0 and buf[pos:pos + 512] == _ZERO: return out, None
+        size = int.from_bytes(size[1:], 'big') if size[0] & 0x80 else int(size.strip(b' \0') or b'0', 8)
+        start = pos + 512; pos = start + size + (-size) % 512
+        if start + size > total: raise ValueError(f"{path}: truncated member at byte {start - 512} (wanted {size} bytes, got {max(0, total - start)})")
+        if t == b'0' or t == b'\0' or t == b'7':
+            if long_name is not None: name, long_name = long_name, None
+            else:
+                name = name.partition(b'\0')[0].decode()
+                if prefix[0] and magic == b'ustar': name = prefix.partition(b'\0')[0].decode() + '/' + name
+            if name.startswith('__') and (('/' not in name and name.endswith('__')) or _META.match(name)): continue
+            append((name, start, size))
+        elif t == b'L': long_name = bytes(buf[start:start + size]).rstrip(b'\0').decode()
+        elif t == b'x': long_name = _pax_path(bytes(buf[start:start + size])) or long_name
+        else: long_name = None
+    if pos < total: raise ValueError(f"{path}: truncated tar header at byte {pos}")
+    raise ValueError(f"{path}: truncated tar (no end-of-archive blocks after byte {pos})")
+
 def iter_tar(path: str|Path, # a tar file
             ) -> Iterator[tuple]:
-    "`(name, data)` of the regular files in a tar, skipping the names WebDataset skips (`__...__`)."
-    with open(path, 'rb') as f:
-        total = os.fstat(f.fileno()).st_size
-        if total == 0: raise ValueError(f"{path}: empty file, not a tar shard")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            pos, long_name = 0, None
-            while pos < total:
-                h = mm[pos:pos + 512]
-                if len(h) < 512: raise ValueError(f"{path}: truncated tar header at byte {pos}")
-                if h == _ZERO: return
-                raw = h[124:136]
-                size = int.from_bytes(raw[1:], 'big') if raw[0] & 0x80 else int(raw.strip(b' \0') or b'0', 8)
-                data = mm[pos + 512:pos + 512 + size]
-                if len(data) < size: raise ValueError(f"{path}: truncated member at byte {pos} (wanted {size} bytes, got {len(data)})")
-                pos += 512 + size + (-size) % 512
-                t = h[156:157]
-                if t == b'L': long_name = data.rstrip(b'\0').decode(); continue
-                if t == b'x': long_name = _pax_path(data) or long_name; continue
-                if t not in (b'0', b'\0', b'7'): long_name = None; continue
-                if long_name is not None: name, long_name = long_name, None
-                else:
-                    name = h[:100].split(b'\0', 1)[0].decode()
-                    if h[257:262] == b'ustar' and h[345] != 0: name = h[345:500].split(b'\0', 1)[0].decode() + '/' + name
-                if name.startswith('__') and (('/' not in name and name.endswith('__')) or _META.match(name)): continue
-                yield name, data
-            raise ValueError(f"{path}: truncated tar (no end-of-archive blocks after byte {pos})")
+    "`(name, data)` of the regular files in a tar (data: memoryviews of the memory-mapped file), skipping the names WebDataset skips (`__...__`)."
+    buf = map_shard(path)
+    for name, a, n in tar_members(buf, str(path))[0]: yield name, buf[a:a + n]
 
-# %% ../nbs/11_shards.ipynb #5440cad4
+# %% ../nbs/11_shards.ipynb #5ee059b5
+def _pad(n: int) -> int: return (n + 511) // 512
+
+def _simple_key(name: str) -> tuple:
+    j = name.find('.')
+    return (name[:j], name[j + 1:]) if j > 0 and '/' not in name and not name.startswith('__') else (None, None)
+
+def regular_layout(buf, # the bytes of a tar file
+                   path: str='tar', # what to call it in errors
+                  ) -> tuple|None:
+    "`(keys, fields, starts, ends)` (offsets: samples x fields) when every sample repeats the first one's layout, else None."
+    first, _ = tar_members(buf, path, 0, 64)
+    if len(first) < 2: return None
+    k0 = _simple_key(first[0][0])[0]
+    if k0 is None: return None
+    P = 0
+    while P < len(first) and _simple_key(first[P][0])[0] == k0: P += 1
+    if P == len(first): return None
+    fields = [first[j][0][len(k0) + 1:].lower() for j in range(P)]
+    d0 = len(k0.encode())
+    if len(set(fields)) < P or any(len(n.encode()) > 99 for n, _, _ in first[:P + 1]): return None
+    offs, o = [], 0
+    for _, start, size in first[:P]:
+        if start - 512 != o: return None  # a member before it (long name, directory) breaks the pattern
+        offs.append(o); o += 512 + 512 * _pad(size)
+    S = o  # bytes per sample
+    if first[P][1] - 512 != S: return None
+    A = np.frombuffer(buf, np.uint8)
+    n = (len(A) - 512) // S + 1  # period starts that still hold a whole header block
+    if n < 2: return None
+    zero = np.flatnonzero(~np.lib.stride_tricks.as_strided(A, (n, 512), (S, 1)).any(1))
+    if not len(zero): return None
+    c = int(zero[0])  # samples before the end-of-archive block
+    rows = np.lib.stride_tricks.as_strided(A, (c, S), (S, 1))
+    keys = rows[:, :d0]
+    if not (keys != 0).all() or (keys == 46).any() or (keys == 47).any() or (keys[:, :2] == 95).all(1).any(): return None
+    if c > 1 and not (keys[1:] != keys[:-1]).any(1).all(): return None  # consecutive samples must differ in key
+    place = 8 ** np.arange(10, -1, -1, dtype=np.int64)
+    starts, ends = np.empty((c, P), np.int64), np.empty((c, P), np.int64)
+    for j in range(P):
+        h, ref = rows[:, offs[j]:offs[j] + 512], A[offs[j]:offs[j] + 512]
+        if j and not (h[:, :d0] == keys).all(): return None
+        if not ((h[:, d0:100] == ref[d0:100]).all() and (h[:, 156] == ref[156]).all()
+                and (h[:, 257:262] == ref[257:262]).all() and (h[:, 345] == ref[345]).all()): return None
+        dig = h[:, 124:135].astype(np.int64) - 48
+        if not (((dig >= 0) & (dig < 8)).all() and np.isin(h[:, 135], (0, 32)).all()): return None
+        size = dig @ place
+        if not (_pad(size) == _pad(first[j][2])).all(): return None
+        starts[:, j] = np.arange(c, dtype=np.int64) * S + offs[j] + 512; ends[:, j] = starts[:, j] + size
+    kb = np.ascontiguousarray(keys).view(f'S{d0}').ravel()
+    keylist = kb.astype(f'U{d0}').tolist() if (keys < 128).all() else [k.decode() for k in kb.tolist()]
+    return keylist, fields, starts, ends
+
+# %% ../nbs/11_shards.ipynb #bbc63279
 def split_key(fname: str) -> tuple:
     "`(key, field)` of a tar member name by WebDataset's `base_plus_ext` rule; `(None, None)` when it has none."
     if '/' not in fname:
@@ -517,12 +596,27 @@ def group_members(members, # iterable of (name, data), with None marking the end
         cur[field] = data
     if cur is not None: yield cur
 
-# %% ../nbs/11_shards.ipynb #bacf2df6
+# %% ../nbs/11_shards.ipynb #d2c40ded
 def tar_samples(url: str|Path, # a tar shard
                ) -> Iterator[dict]:
-    "Raw samples of one shard: `iter_tar` and `group_members` fused into one loop (the same rules, fewer layers)."
-    url = str(url); cur, ckey = None, None
-    for fname, data in iter_tar(url):
+    "Raw samples of one shard (payloads: memoryviews of its memory map), grouped by WebDataset's rules; bulk-parsed when `regular_layout` applies."
+    url = str(url); buf = map_shard(url)
+    lay = regular_layout(buf, url)
+    if lay is not None:
+        keys, fields, starts, ends = lay
+        a, e = starts.T.tolist(), ends.T.tolist()
+        if len(fields) == 3:  # morph.npy, tx.npy, json: unrolled
+            f0, f1, f2 = fields
+            for k, a0, a1, a2, e0, e1, e2 in zip(keys, *a, *e):
+                yield {'__key__': k, '__url__': url, f0: buf[a0:e0], f1: buf[a1:e1], f2: buf[a2:e2]}
+        else:
+            for i, k in enumerate(keys):
+                s = {'__key__': k, '__url__': url}
+                for f, aj, ej in zip(fields, a, e): s[f] = buf[aj[i]:ej[i]]
+                yield s
+        return
+    cur, ckey = None, None
+    for fname, a, n in tar_members(buf, url)[0]:
         if '/' not in fname:
             j = fname.find('.')
             if j <= 0: continue
@@ -535,7 +629,7 @@ def tar_samples(url: str|Path, # a tar shard
             if cur is not None: yield cur
             cur, ckey = {'__key__': key, '__url__': url}, key
         if field in cur: raise ValueError(f"{fname}: duplicate file name in tar file {field} {cur.keys()}")
-        cur[field] = data
+        cur[field] = buf[a:a + n]
     if cur is not None: yield cur
 
 def _tar_to_samples(src):
@@ -548,16 +642,34 @@ def _tar_to_samples(src):
             n += 1
             yield sample
 
+def _fields(sample: dict) -> tuple:
+    try: return sample['morph.npy'], sample['tx.npy'], sample['json']
+    except KeyError as e: raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} lacks field {e.args[0]!r} (has {sorted(k for k in sample if not k.startswith('__'))})") from None
+
+def _json_dict(j, key, url) -> dict:
+    try: d = json.loads(bytes(j))
+    except ValueError as e: raise ValueError(f"sample {key!r} in {url}: field 'json' is not valid JSON ({e})") from None
+    if type(d) is not dict: raise ValueError(f"sample {key!r} in {url}: field 'json' must hold an object, got {type(d).__name__}")
+    return d
+
 def decode_sample(sample: dict) -> tuple:
     "Raw sample -> `(morph, tx, meta)`: numpy arrays in the storage dtype and the JSON dict; no pickle."
-    try: m, t, j = sample['morph.npy'], sample['tx.npy'], sample['json']
-    except KeyError as e: raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} lacks field {e.args[0]!r} (has {sorted(k for k in sample if not k.startswith('__'))})") from None
-    return npy_loads(m, 'morph.npy'), npy_loads(t, 'tx.npy'), json.loads(j)
+    m, t, j = _fields(sample)
+    return npy_loads(m, 'morph.npy'), npy_loads(t, 'tx.npy'), _json_dict(j, sample['__key__'], sample.get('__url__'))
 
-def _decoded(src):
-    for s in src: yield decode_sample(s)
+def _decoded(src, own: bool=False):
+    "Pipeline stage: raw samples -> `(morph, tx, json, key, url)`; the JSON is parsed later, a batch at a time."
+    pm = pt = (b'\0', 0)  # the last header seen per field: a payload starting with the same bytes has the same layout
+    for s in src:
+        m, t, j = _fields(s)
+        m = m if type(m) is memoryview else memoryview(m); t = t if type(t) is memoryview else memoryview(t)
+        if m[:pm[1]].tobytes() != pm[0]: pm = _npy_parse(m, 'morph.npy')
+        if t[:pt[1]].tobytes() != pt[0]: pt = _npy_parse(t, 'tx.npy')
+        m, t = _npy_array(m, pm, 'morph.npy'), _npy_array(t, pt, 'tx.npy')
+        if own: m, t, j = m.copy(), t.copy(), bytes(j)  # let go of the shard's memory map
+        yield m, t, j, s['__key__'], s['__url__']
 
-# %% ../nbs/11_shards.ipynb #09141696
+# %% ../nbs/11_shards.ipynb #aefb1fc8
 class _Shuffle:
     "Buffered sample shuffle, seeded by (seed, epoch, rank, worker)."
     def __init__(self, bufsize: int, seed: int): self.bufsize, self.seed, self.epoch = bufsize, seed, 0
@@ -572,11 +684,26 @@ class _Shuffle:
         rng.shuffle(buf); yield from buf
     __call__ = run
 
-def collate_samples(samples: list, dtype: str) -> tuple:
+def _json_column_dicts(samples: list) -> list:
+    "The JSON dicts of decoded samples, parsed as one JSON array (per sample only to name a bad one)."
+    js = [s[2] for s in samples]
+    try:
+        out = json.loads(b''.join((b'[', b','.join(js), b']')))
+        if len(out) == len(js) and all(type(d) is dict for d in out): return out
+    except ValueError: pass
+    return [_json_dict(s[2], s[3], s[4]) for s in samples]
+
+def collate_samples(samples: list, # decoded samples
+                    dtype: str, # storage dtype name
+                   ) -> tuple:
     "Stack decoded samples into `(morph [B,Dm], tx [B,Dt], pos [B,2], meta)`; `meta` maps each JSON field to a numpy column."
     m = from_storage(np.stack([s[0] for s in samples]), dtype); t = from_storage(np.stack([s[1] for s in samples]), dtype)
-    metas = [s[2] for s in samples]
-    meta = {k: np.array([d[k] for d in metas]) for k in metas[0]}  # columns: cheap for DataLoader/Lightning to pass along
+    metas = _json_column_dicts(samples)
+    try: meta = {k: np.array([d[k] for d in metas]) for k in metas[0]}  # columns: cheap for DataLoader/Lightning to pass along
+    except KeyError as e:
+        i = next(i for i, d in enumerate(metas) if e.args[0] not in d)
+        raise ValueError(f"sample {samples[i][3]!r} in {samples[i][4]}: JSON lacks {e.args[0]!r}, which other samples of its batch have") from None
+    if 'x' not in meta or 'y' not in meta: raise ValueError(f"sample {samples[0][3]!r} in {samples[0][4]}: JSON lacks the position fields 'x' and 'y'")
     pos = torch.from_numpy(np.stack([meta['x'], meta['y']], 1).astype(np.float32))
     return m, t, pos, meta
 
@@ -588,10 +715,12 @@ def _batched(src, batch_size: int, dtype: str, drop_last: bool):
     if buf and not drop_last: yield collate_samples(buf, dtype)
 
 def _unbatched(src, dtype: str):
-    for m, t, meta in src:
+    for m, t, j, key, url in src:
+        meta = _json_dict(j, key, url)
+        if 'x' not in meta or 'y' not in meta: raise ValueError(f"sample {key!r} in {url}: JSON lacks the position fields 'x' and 'y'")
         yield from_storage(m, dtype), from_storage(t, dtype), torch.tensor([meta['x'], meta['y']], dtype=torch.float32), meta
 
-# %% ../nbs/11_shards.ipynb #d20fa1d2
+# %% ../nbs/11_shards.ipynb #3583e10c
 class PairedShards(wds.DataPipeline):
     "A `webdataset.DataPipeline` over prepared shards, with `set_epoch` and the `manifest`."
     def __init__(self, *stages):
@@ -634,7 +763,7 @@ def shard_pipeline(root: str|Path, # a folder written by `prepare_shards`
     pipe = PairedShards(*stages); pipe.manifest = m; pipe.root = Path(root); pipe.split = split
     return pipe
 
-# %% ../nbs/11_shards.ipynb #06ab9503
+# %% ../nbs/11_shards.ipynb #4ccc8b82
 def demo_paired_embeddings(n_samples: int=2, # simulated slides
                            n_rows: int=20, n_cols: int=20, # grid per slide
                            morph_dim: int=64, # morphology embedding width
@@ -676,7 +805,7 @@ def demo_paired_embeddings(n_samples: int=2, # simulated slides
                 slide=slide, region=np.concatenate([a.obs['region'].astype(str).values for a in ads]),
                 cell_type=np.concatenate([a.obs['cell_type'].astype(str).values for a in ads]))
 
-# %% ../nbs/11_shards.ipynb #6e0b704d
+# %% ../nbs/11_shards.ipynb #b9d8b88c
 def parse_args(argv: list[str]|None=None) -> argparse.Namespace:
     "Options of `spatial-dl prepare-shards`."
     p = argparse.ArgumentParser(prog='spatial-dl prepare-shards', description='Write paired morphology/transcription embeddings as WebDataset shards.')
