@@ -140,6 +140,59 @@ def test_iter_tar_matches_tarfile(tmp_path, members, fmt):
     assert fused == ref_samples
 
 
+def _outcome(fn):
+    "Samples as comparable tuples, or the kind of error raised."
+    try: return [tuple((k, bytes(v) if isinstance(v, memoryview) else v) for k, v in smp.items()) for smp in fn()]
+    except (ValueError, UnicodeDecodeError) as e: return ('error', type(e).__name__, str(e.args[0]).split(':')[0].split(' ')[0])
+
+
+def _general(p):
+    return list(group_members(iter_tar(p), url=str(p)))
+
+
+_keys = st.text(alphabet='ab.A_/-9', min_size=1, max_size=6)
+_fields = st.lists(st.sampled_from(['morph.npy', 'TX.npy', 'json', 'a.b', 'x']), min_size=1, max_size=3)
+
+
+@given(st.lists(st.tuples(_keys, _fields, st.integers(0, 1100)), min_size=1, max_size=12), st.booleans())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_bulk_layout_matches_general_parser(tmp_path, spec, same_layout):
+    # samples written by write_shard, with all of WebDataset's awkward cases (dots, slashes, upper case, '__', repeated
+    # keys, duplicate fields, sizes crossing 512-byte blocks); same_layout makes every sample repeat the first one's
+    # fields and sizes (keys of one length) so the one-pass path is taken whenever the names allow it
+    if same_layout:
+        _, f0, z0 = spec[0]
+        spec = [(f"k{i:04d}" if j % 2 else k.ljust(6, 'q')[:6], f0, z0 + (i % 3)) for j, (i, (k, _, _)) in enumerate(enumerate(spec))]
+    samples = [(k, {f: bytes([i % 251]) * (z + j) for j, f in enumerate(fs)}) for i, (k, fs, z) in enumerate(spec)]
+    p = tmp_path / 's.tar'
+    if p.exists(): p.unlink()
+    write_shard(p, samples)
+    assert _outcome(lambda: S.tar_samples(p)) == _outcome(lambda: _general(p))
+
+
+def test_bulk_layout_taken_for_prepared_shards_and_robust_to_any_header_byte(tmp_path):
+    morph, pos, tx, ids, _ = _data(n=40)
+    m = prepare_shards(morph, pos, tx, ids, tmp_path, 'ds', val_fraction=0.0)
+    p = tmp_path / m['shards']['train'][0]['name']
+    lay = S.regular_layout(S.map_shard(p), str(p))
+    assert lay is not None and len(lay[0]) == 40 and lay[1] == ['morph.npy', 'tx.npy', 'json']
+    assert _outcome(lambda: S.tar_samples(p)) == _outcome(lambda: _general(p))
+    # change one byte of one header of a middle sample: the one-pass check must notice whatever the general parser would
+    raw = p.read_bytes(); stride = lay[2][1, 0] - lay[2][0, 0]
+    rng = np.random.default_rng(0)
+    q = tmp_path / 'mut.tar'
+    for trial in range(300):
+        b = bytearray(raw)
+        hdr = int(lay[2][rng.integers(1, 39), rng.integers(0, 3)]) - 512
+        i = hdr + int(rng.choice([rng.integers(0, 16), rng.integers(0, 512), 124 + rng.integers(0, 12), 156, 345]))
+        b[i] = int(rng.choice([0, 32, ord('.'), ord('/'), ord('_'), ord('5'), ord('7'), ord('A'), int(rng.integers(0, 256))]))
+        q.write_bytes(bytes(b))
+        assert _outcome(lambda: S.tar_samples(q)) == _outcome(lambda: _general(q)), (trial, i - hdr)
+    # a zero block in place of a header ends the archive early in both
+    b = bytearray(raw); h = int(lay[2][20, 0]) - 512; b[h:h + 512] = bytes(512); q.write_bytes(bytes(b))
+    assert len(list(S.tar_samples(q))) == 20 and _outcome(lambda: S.tar_samples(q)) == _outcome(lambda: _general(q))
+
+
 def test_write_shard_is_a_standard_tar(tmp_path):
     samples = [(f"k-{i:09d}", {'morph.npy': tensor_to_bytes(np.arange(i + 1.0)), 'json': b'{"i":%d}' % i}) for i in range(5)]
     info = write_shard(tmp_path / 'a.tar', samples)
