@@ -720,7 +720,7 @@ def _unbatched(src, dtype: str):
         if 'x' not in meta or 'y' not in meta: raise ValueError(f"sample {key!r} in {url}: JSON lacks the position fields 'x' and 'y'")
         yield from_storage(m, dtype), from_storage(t, dtype), torch.tensor([meta['x'], meta['y']], dtype=torch.float32), meta
 
-# %% ../nbs/11_shards.ipynb #3583e10c
+# %% ../nbs/11_shards.ipynb #af3e37c3
 class PairedShards(wds.DataPipeline):
     "A `webdataset.DataPipeline` over prepared shards, with `set_epoch` and the `manifest`."
     def __init__(self, *stages):
@@ -756,7 +756,7 @@ def shard_pipeline(root: str|Path, # a folder written by `prepare_shards`
     lst = m['shards'][split]
     if not lst: raise ValueError(f"{root}: split {split!r} has no samples")
     src = ShardSource([Path(root)/s['name'] for s in lst], [s['count'] for s in lst], shuffle_shards, seed, even, rank, world_size)
-    stages = [src, _tar_to_samples, _decoded]
+    stages = [src, _tar_to_samples, functools.partial(_decoded, own=bool(shuffle_buffer))]
     if shuffle_buffer: stages.append(_Shuffle(check_positive_int(shuffle_buffer, 'shuffle_buffer'), seed))
     if batch_size is None: stages.append(functools.partial(_unbatched, dtype=m['dtype']))
     else: stages.append(functools.partial(_batched, batch_size=check_positive_int(batch_size, 'batch_size'), dtype=m['dtype'], drop_last=drop_last))
