@@ -389,14 +389,16 @@ def time_batches(batches, # an iterable of batches
                  max_seconds: float=float('inf'), # stop timing after this many seconds of steady state
                  count=len, # batch -> number of items (cells) it holds
                  consume=None, # batch -> None, e.g. a check or a reduction so lazy work is done; default nothing
+                 warmup_s: float=0.0, # ... and warm-up lasts at least this long after the first batch
+                 align: int=1, # warm-up ends after 1 + warmup + a multiple of `align` batches
                 ) -> dict:
     """Iterate `batches`, returning time to first batch, steady-state and overall throughput.
 
     `first_batch_s`: from the call to the first batch; `items_per_s`: items over the timed batches (after
-    1 + `warmup`) divided by their time; `items_per_s_incl_first`: all items over all time."""
+    1 + `warmup` batches and `warmup_s` seconds) divided by their time; `items_per_s_incl_first`: all items over all time."""
     t0 = time.perf_counter()
     it = iter(batches)
-    n_items = n_steady = n_b = 0
+    n_items = n_steady = n_b = warm_b = 0
     t_first = t_steady0 = None
     for b in it:
         if consume is not None: consume(b)
@@ -405,10 +407,12 @@ def time_batches(batches, # an iterable of batches
         n_items += k
         n_b += 1
         if t_first is None: t_first = now - t0
-        if n_b == 1 + warmup: t_steady0 = now
-        elif n_b > 1 + warmup:
+        if t_steady0 is None:
+            if n_b >= 1 + warmup and (n_b - 1 - warmup) % align == 0 and now - t0 - t_first >= warmup_s:
+                t_steady0, warm_b = now, n_b
+        elif n_b > warm_b:
             n_steady += k
-            if n_b - 1 - warmup >= n_batches or now - t_steady0 >= max_seconds: break
+            if n_b - warm_b >= n_batches or now - t_steady0 >= max_seconds: break
     t_end = time.perf_counter()
     steady_s = (t_end - t_steady0) if t_steady0 is not None else float('nan')
     return {'first_batch_s': t_first if t_first is not None else float('nan'),

@@ -145,7 +145,18 @@ def ideal_tv(global_labels, batch_size: int=256, seed: int=0) -> float:
 
 # ================================================================================================ candidates
 # Each `run_*` runs in its own fresh process (via _common.run_in_fresh_process) and returns a JSON-able dict.
-def _measure(batches, path, n_vars, labels, labels_of, n_batches, warmup, max_seconds, t_start, check_rows=None):
+def _epochs(make):
+    "Batches of epochs 0, 1, 2, ... (`make(epoch)` gives one epoch's iterable), so a timed window may span epochs."
+    e = 0
+    while True:
+        n = 0
+        for b in make(e): n += 1; yield b
+        if not n: return
+        e += 1
+
+
+def _measure(batches, path, n_vars, labels, labels_of, n_batches, warmup, max_seconds, t_start, check_rows=None,
+             warmup_s=0.0):
     """Time `batches` (dicts); collect labels for TV; check the first batch's values against h5py.
 
     `t_start`: when the candidate began building its loader (after imports): first-batch time and the overall
@@ -162,7 +173,7 @@ def _measure(batches, path, n_vars, labels, labels_of, n_batches, warmup, max_se
         label_batches.append(np.asarray(lab, np.int64))
         if not first and check_rows is not None: first.update(X=X[:8].clone(), rows=check_rows(b)[:8])
     t_call = time.perf_counter()
-    r = time_batches(batches, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds,
+    r = time_batches(batches, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds, warmup_s=warmup_s, align=16,
                      count=lambda b: (b['X'] if isinstance(b, dict) else b[0]).shape[0], consume=consume)
     extra = t_call - t_start   # setup: opening the file, building the loader, loading the matrix
     r['items_per_s_incl_first'] = r['n_items'] / (r['n_items'] / r['items_per_s_incl_first'] + extra)
@@ -186,24 +197,26 @@ def _measure(batches, path, n_vars, labels, labels_of, n_batches, warmup, max_se
     return out
 
 
-def _common_kw(path, n_vars, n_batches, warmup, max_seconds):
+def _common_kw(path, n_vars, n_batches, warmup, max_seconds, warmup_s=0.0):
     return dict(path=path, n_vars=n_vars, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds,
-                labels=read_labels(path))
+                warmup_s=warmup_s, labels=read_labels(path))
 
 
 def run_spatial_dl(path, n_vars, batch_size=256, strategy='block', block_size=None, fetch_factor=None, num_workers=0,
-                   n_batches=160, warmup=5, max_seconds=20.0, seed=0) -> dict:
+                   n_batches=160, warmup=5, max_seconds=20.0, warmup_s=0.0, seed=0) -> dict:
     "spatial_dl.loaders.AnnDataset (+ make_dataloader when num_workers > 0); block_size/fetch_factor None: its defaults."
     import torch  # noqa: F401
     from spatial_dl.loaders import AnnDataset, make_dataloader
-    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds, warmup_s)
     t0 = time.perf_counter()
     kw = dict(batch_size=batch_size, strategy=strategy, seed=seed, obs_keys=(LABEL_KEY,), output='dense')
     if block_size is not None: kw['block_size'] = block_size
     if fetch_factor is not None: kw['fetch_factor'] = fetch_factor
     ds = AnnDataset([str(path)], **kw)
     params = repr(ds.strategy)
-    it = make_dataloader(ds, num_workers=num_workers) if num_workers else ds
+    loader = make_dataloader(ds, num_workers=num_workers) if num_workers else ds
+    def epoch(e): ds.set_epoch(e); return loader
+    it = _epochs(epoch)
     def labels_of(b, labels):
         idx = np.asarray(b['index'])
         if LABEL_KEY in b and not np.array_equal(np.asarray(b[LABEL_KEY]), labels[idx]):
@@ -215,13 +228,13 @@ def run_spatial_dl(path, n_vars, batch_size=256, strategy='block', block_size=No
 
 
 def run_scdataset(path, n_vars, batch_size=256, block_size=16, fetch_factor=16, n_batches=160, warmup=5,
-                  max_seconds=20.0, seed=0, num_workers=0) -> dict:
+                  max_seconds=20.0, warmup_s=0.0, seed=0, num_workers=0) -> dict:
     """scDataset 0.3 over a backed AnnData: BlockShuffling, a fetch transform like its adata_to_mindex (densifies), then
     torch; with `num_workers`, inside a DataLoader(batch_size=None, prefetch_factor=fetch_factor + 1) as its README advises."""
     import anndata as ad
     import torch
     from scdataset import BlockShuffling, MultiIndexable, scDataset
-    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds, warmup_s)
     t0 = time.perf_counter()
     adata = ad.read_h5ad(path, backed='r')
     obs_names = adata.obs_names
@@ -241,19 +254,21 @@ def run_scdataset(path, n_vars, batch_size=256, block_size=16, fetch_factor=16, 
     if num_workers:
         from torch.utils.data import DataLoader
         it = DataLoader(ds, batch_size=None, num_workers=num_workers, prefetch_factor=fetch_factor + 1)
+    loader = it
+    it = _epochs(lambda e: loader)
     labels_of = lambda b, labels: np.asarray(b['cell_type'])
     rows = lambda b: np.array([pos[n] for n in b['names']])
     return _measure(it, labels_of=labels_of, check_rows=rows, t_start=t0, **ckw)
 
 
-def run_annloader(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds=20.0, seed=0) -> dict:
+def run_annloader(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds=20.0, warmup_s=0.0, seed=0) -> dict:
     "anndata.experimental.AnnLoader (deprecated in 0.12.17) over a backed AnnData, shuffle=True, densified."
     import warnings
     import anndata as ad
     import torch
     warnings.simplefilter('ignore')
     from anndata.experimental import AnnLoader
-    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds, warmup_s)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     adata = ad.read_h5ad(path, backed='r')
@@ -261,7 +276,7 @@ def run_annloader(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_sec
     loader = AnnLoader(adata, batch_size=batch_size, shuffle=True)
     cats = {c: i for i, c in enumerate(adata.obs[LABEL_KEY].cat.categories)}
     def batches():
-        for b in loader:
+        for b in _epochs(lambda e: loader):
             X = b.X
             X = X.to_dense() if X.layout != torch.strided else X
             yield {'X': X.to(torch.float32), 'ct': b.obs[LABEL_KEY], 'names': b.obs_names}
@@ -272,11 +287,11 @@ def run_annloader(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_sec
     return _measure(batches(), labels_of=labels_of, check_rows=rows, t_start=t0, **ckw)
 
 
-def run_naive(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds=20.0, seed=0, reader='anndata') -> dict:
+def run_naive(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds=20.0, warmup_s=0.0, seed=0, reader='anndata') -> dict:
     "Naive full random: each batch = random rows (a permutation's slice), sorted, read from the backed file, densified."
     import torch
     import anndata as ad
-    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds, warmup_s)
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     if reader == 'anndata':
@@ -296,20 +311,20 @@ def run_naive(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds
             m = sp.csr_matrix((np.concatenate(parts_d), np.concatenate(parts_i), np.concatenate([[0], np.cumsum(lens)])),
                               shape=(len(idx), n_vars))
             return m.toarray()
-    perm = rng.permutation(n)
-    def batches():
+    def epoch(e):
+        perm = rng.permutation(n)
         for s in range(0, n - batch_size + 1, batch_size):
             idx = np.sort(perm[s:s + batch_size])
             yield {'X': torch.from_numpy(read(idx).astype(np.float32, copy=False)), 'index': idx}
-    return _measure(batches(), labels_of=lambda b, labels: labels[b['index']], check_rows=lambda b: b['index'],
+    return _measure(_epochs(epoch), labels_of=lambda b, labels: labels[b['index']], check_rows=lambda b: b['index'],
                     t_start=t0, **ckw)
 
 
-def run_in_memory(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds=20.0, seed=0) -> dict:
+def run_in_memory(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_seconds=20.0, warmup_s=0.0, seed=0) -> dict:
     "Reference: the whole CSR in RAM (anndata.read_h5ad, index dtypes matched), random fancy index per batch + densify."
     import anndata as ad
     import torch
-    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds)
+    ckw = _common_kw(path, n_vars, n_batches, warmup, max_seconds, warmup_s)
     t0 = time.perf_counter()
     X = ad.read_h5ad(path).X
     if X.indptr.dtype != X.indices.dtype:
@@ -319,12 +334,12 @@ def run_in_memory(path, n_vars, batch_size=256, n_batches=160, warmup=5, max_sec
         X.indptr, X.indices = X.indptr.astype(idx_t), X.indices.astype(idx_t)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(X.shape[0])
-    def batches():
+    def epoch(e):
+        perm = rng.permutation(X.shape[0])
         for s in range(0, X.shape[0] - batch_size + 1, batch_size):
             idx = perm[s:s + batch_size]
             yield {'X': torch.from_numpy(X[idx].toarray().astype(np.float32, copy=False)), 'index': idx}
-    res = _measure(batches(), labels_of=lambda b, labels: labels[b['index']], check_rows=lambda b: b['index'],
+    res = _measure(_epochs(epoch), labels_of=lambda b, labels: labels[b['index']], check_rows=lambda b: b['index'],
                    t_start=t0, **ckw)
     res['load_s'] = load_s
     return res
@@ -337,9 +352,9 @@ def run_annbatch(path, n_vars, **kw) -> dict:
 
 
 # ================================================================================================ driver
-def candidates(path, n_vars, n_batches, warmup, max_seconds, workers=(1, 2), same_params_row=True) -> dict:
+def candidates(path, n_vars, n_batches, warmup, max_seconds, workers=(1, 2), same_params_row=True, warmup_s=0.0) -> dict:
     me = str(Path(__file__).resolve())
-    kw = dict(path=str(path), n_vars=n_vars, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds)
+    kw = dict(path=str(path), n_vars=n_vars, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds, warmup_s=warmup_s)
     c = {
         'spatial_dl block': (f'{me}:run_spatial_dl', dict(kw, strategy='block')),
         'spatial_dl random': (f'{me}:run_spatial_dl', dict(kw, strategy='random')),
@@ -447,18 +462,16 @@ def main(argv=None) -> int:
     n_obs = a.n_obs or (20_000 if a.quick else 100_000)
     n_vars = a.n_vars or 20_000
     n_batches = a.n_batches or (32 if a.quick else 320)
-    # the timed window starts at a fetch boundary (after the first 16 batches = one fetch of the fetch-based loaders)
-    # and spans whole fetches, so loaders that read 16 batches at once are not flattered by a partial window
-    warmup, max_seconds = (15, 4.0) if a.quick else (15, 20.0)
+    # Steady state: every candidate warms up for at least `warmup_s` seconds (one-off costs such as opening files,
+    # spawning workers or loading compiled code stay in the "incl. 1st" column), iterating over as many epochs as it
+    # takes. The timed window starts at a fetch boundary (1 + 15 + a multiple of 16 batches) and spans whole fetches,
+    # so loaders that read 16 batches at once are not flattered by a partial window.
+    warmup, max_seconds, warmup_s = (15, 4.0, 1.0) if a.quick else (15, 20.0, 1.0)
     repeats = a.repeats or (1 if a.quick else 5)
-    per_epoch = n_obs // 256
-    if 1 + warmup + n_batches > per_epoch:   # a small file: shrink the window so a steady state is still measured
-        warmup = max(1, min(warmup, per_epoch // 4))
-        n_batches = max(1, min(n_batches, per_epoch - 1 - warmup))
     path, gen = ensure_data(a.data_dir, n_obs, n_vars)
     labels = read_labels(path)
     tv_ideal = ideal_tv(labels)
-    cands = candidates(path, n_vars, n_batches, warmup, max_seconds, same_params_row=not a.quick)
+    cands = candidates(path, n_vars, n_batches, warmup, max_seconds, same_params_row=not a.quick, warmup_s=warmup_s)
     if a.only: cands = {k: v for k, v in cands.items() if any(s.strip() in k for s in a.only.split(','))}
     have_sdl = _avail('spatial_dl.loaders') if _avail('spatial_dl') else False
     skipped = []
@@ -502,7 +515,7 @@ def main(argv=None) -> int:
     write_json(a.json, rows, ratios, packages=PACKAGES, extra={
         'benchmark': 'loaders', 'command': ' '.join([Path(sys.executable).name, *sys.argv]) if argv is None else argv,
         'params': dict(n_obs=n_obs, n_vars=n_vars, batch_size=256, n_batches=n_batches, warmup=warmup,
-                       max_seconds=max_seconds, repeats=repeats, quick=a.quick),
+                       warmup_s=warmup_s, max_seconds=max_seconds, repeats=repeats, quick=a.quick),
         'data': {'path': str(path), 'generator': gen, 'bytes': path.stat().st_size, 'ideal_tv': tv_ideal},
         'medians': med, 'not_available': skipped, 'elapsed_s': elapsed, 'loadavg_1m_start': load_start,
         'spatial_dl_code': {'before': fp_before, 'after': fp_after, 'changed_during_run': fp_before != fp_after}})

@@ -6,8 +6,8 @@
 __all__ = ['DEFAULT_BLOCK_SIZE', 'make_strategy', 'csr_to_dense', 'csr_to_torch', 'AnnDataset', 'AnnDataLoader',
            'make_dataloader']
 
-# %% ../nbs/04_loaders.ipynb #d49e7c94
-import os, sys, threading, ctypes, queue, time
+# %% ../nbs/04_loaders.ipynb #f38685a4
+import atexit, os, sys, threading, ctypes, queue, time
 import multiprocessing as mp
 from pathlib import Path
 import numpy as np
@@ -16,11 +16,11 @@ import torch
 from torch.utils.data import IterableDataset, DataLoader
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
-# %% ../nbs/04_loaders.ipynb #8163b7b1
+# %% ../nbs/04_loaders.ipynb #447a4ce9
 from .core import DistInfo, rank_and_world, dist_info, check_positive_int, check_choice
 from .shuffle import (ShuffleStrategy, SequentialShuffleStrategy, BlockShuffleStrategy, RandomShuffleStrategy,
                                 FetchPlan, as_indices)
-from .readers import H5adCollection, BufferPool
+from .readers import H5adCollection, BufferPool, _Compiled
 
 # %% ../nbs/04_loaders.ipynb #9ab04f74
 DEFAULT_BLOCK_SIZE = 16   # see "Performance" below: with stratified blocks, 16 already mixes like a full shuffle
@@ -238,7 +238,7 @@ def _finish(self: AnnDataset, batch: dict) -> dict:
 
 AnnDataset._load_fetch, AnnDataset._densify, AnnDataset._after, AnnDataset._finish = _load_fetch, _densify, _after, _finish
 
-# %% ../nbs/04_loaders.ipynb #d209e47c
+# %% ../nbs/04_loaders.ipynb #cc1ccd59
 _END, _DONE = object(), object()
 
 class _Failure:
@@ -290,9 +290,20 @@ def _feed(items, ins, stop):
         _put(ins[fed % len(ins)], _Failure(e), stop)
         for q in ins: _put(q, _DONE, stop)
 
+_LIVE = {}   # id(stop event) -> (stop event, threads) of every running pipeline
+
+@atexit.register
+def _stop_pipelines():
+    "At exit, stop and join the threads of loops left unfinished (else they may still run inside C++ code while the interpreter finalizes)."
+    live = list(_LIVE.values())
+    for stop, _ in live: stop.set()
+    for _, ths in live:
+        for t in ths: t.join(timeout=2)
+
 def _pipelined(items, work, n_threads: int, queue_size: int=2):
     "Finished batches of `items` (a list, or an iterator) in order, `work` spread over threads (thread k: items k, k+n, ...)."
-    stop = threading.Event()
+    stop, ths = threading.Event(), []
+    _LIVE[id(stop)] = (stop, ths)
     if isinstance(items, (list, tuple)):
         n = max(1, min(n_threads, len(items)))
         parts = [items[k::n] for k in range(n)]
@@ -301,10 +312,10 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2):
         n = n_threads
         ins = [queue.Queue(maxsize=1) for _ in range(n)]
         parts = [_drain(ins[k], stop) for k in range(n)]
-        threading.Thread(target=_feed, args=(items, ins, stop), daemon=True, name='spatial_dl-feeder').start()
+        ths.append(threading.Thread(target=_feed, args=(items, ins, stop), daemon=True, name='spatial_dl-feeder'))
     qs, first = [queue.Queue(maxsize=queue_size) for _ in range(n)], threading.Event()
-    ths = [threading.Thread(target=_run_thread, args=(parts[k], work, qs[k], stop, first if k else None, None if k else first),
-                            daemon=True, name=f'spatial_dl-loader-{k}') for k in range(n)]
+    ths += [threading.Thread(target=_run_thread, args=(parts[k], work, qs[k], stop, first if k else None, None if k else first),
+                             daemon=True, name=f'spatial_dl-loader-{k}') for k in range(n)]
     for t in ths: t.start()
     try:
         i = 0
@@ -314,7 +325,7 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2):
             if b is _DONE: return                       # thread i % n has no item i: all items delivered
             if isinstance(b, _Failure): raise b.exc
             yield b
-    finally: stop.set()
+    finally: stop.set(); _LIVE.pop(id(stop), None)
 
 # %% ../nbs/04_loaders.ipynb #35457a26
 def _iter_fetches(self: AnnDataset, fetches) -> 'Iterator[list[dict]]':
@@ -363,7 +374,7 @@ def _iter(self: AnnDataset):
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 
-# %% ../nbs/04_loaders.ipynb #aff51b7e
+# %% ../nbs/04_loaders.ipynb #530e5315
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
@@ -445,6 +456,8 @@ class _FetchStream(IterableDataset):
         wi = torch.utils.data.get_worker_info()
         ring = self.ring[wi.id] if self.ring is not None else None
         pool = self.ds.reader._pool = _ShmPool(ring, wi.id)
+        _Compiled.autoload = False   # workers read through the compiled loop only if inherited: loading it (~0.3 s of
+                                     # GIL-bound work) would delay the fetch this process is sending
         if wi.id and self.go is not None:          # let worker 0 read the first fetch alone (time to first batch)
             t0 = time.monotonic()
             while int(self.go[0]) == 0 and time.monotonic() - t0 < 30: time.sleep(0.005)

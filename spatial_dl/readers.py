@@ -492,7 +492,7 @@ def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
     m.data, m.indices, m.indptr = data, indices, indptr
     return m
 
-# %% ../nbs/03_readers.ipynb #fcc33ce5
+# %% ../nbs/03_readers.ipynb #6cab6c4b
 _IOV_MAX = 1024
 
 def _preadv_scatter(fd: int, bufs: list, offset: int):
@@ -547,19 +547,44 @@ def _preadv_groups_py(preadv, fds, offs, g_a, g_b, seg_off, seg_len, base, scrat
             off += want; s = e
     return -1
 
-_PREADV = []
-_SMALL_READ = 1024   # rows: a smaller read that would first have to load the compiled loop takes the Python path
+class _Compiled:
+    "The compiled group reader: loaded by the second large read of a process (~0.3 s)."
+    preadv, kernel, reads, lock, autoload = None, None, 0, threading.Lock(), True
 
-def _preadv_groups(n_seg: int=_SMALL_READ):
-    """The compiled group reader and libc's preadv, or None (no numba, no preadv). Loading the compiled loop costs
-    ~0.3 s once per process, so a small read (the loader's first batch) takes the Python path until it is loaded."""
-    if not _PREADV: _PREADV.append(_libc_preadv())
-    if _PREADV[0] is None: return None
-    if n_seg < _SMALL_READ and len(_PREADV) < 2: return None
-    k = numba_jit(_preadv_groups_py)
-    if k is None: return None
-    if len(_PREADV) < 2: _PREADV.append(True)   # loaded in this process
-    return k, _PREADV[0]
+def _load_compiled():
+    _Compiled.preadv = _Compiled.preadv or _libc_preadv()
+    k = numba_jit(_preadv_groups_py) if _Compiled.preadv is not None else None
+    if k is None: return
+    z = np.zeros(0, np.int64)
+    k(_Compiled.preadv, z, z, z, z, z, z, 0, 0, np.zeros(2, np.int64))   # compile, or load numba's on-disk cache
+    _Compiled.kernel = k
+
+def _child_after_fork(): _Compiled.reads, _Compiled.lock = 0, threading.Lock()
+if hasattr(os, 'register_at_fork'):   # never fork while a thread is compiling
+    os.register_at_fork(before=lambda: _Compiled.lock.acquire(), after_in_parent=lambda: _Compiled.lock.release(),
+                        after_in_child=_child_after_fork)
+
+_SMALL_READ = 1024   # rows: smaller reads never wait for the compiled reader to load
+
+def _preadv_groups(n_rows: int, # rows about to be read
+                   wait: bool=False, # load the compiled reader now if needed (blocking)
+                  ):
+    """The compiled group reader and libc's preadv, or None (a small read or the process's first large one, another
+    thread loading it, no numba, no preadv, `SPATIAL_DL_NUMBA=0`): the caller then reads through `os.preadv` from Python."""
+    if os.environ.get('SPATIAL_DL_NUMBA', '1') == '0': return None
+    if _Compiled.kernel is None:
+        if not wait:
+            if n_rows < _SMALL_READ or not _Compiled.autoload: return None
+            _Compiled.reads += 1
+            if _Compiled.reads == 1: return None
+        if not _Compiled.lock.acquire(blocking=wait): return None
+        try:
+            if _Compiled.kernel is None and _Compiled.preadv is not False:
+                _load_compiled()
+                if _Compiled.kernel is None: _Compiled.preadv = False   # not available here: stop trying
+        finally: _Compiled.lock.release()
+        if _Compiled.kernel is None: return None
+    return _Compiled.kernel, _Compiled.preadv
 
 def _read_groups(self: H5adCollection, files, fds, offs, g_a, g_b, seg_off, seg_len, buf: np.ndarray):
     "Execute a scatter-read plan into `buf` (compiled: no GIL, no Python per row; else one `os.preadv` per group)."
