@@ -8,8 +8,8 @@ __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_median
            'spatial_graph', 'tokenize_adata', 'tokenize_h5ad', 'load_example_lengths', 'TokenizeTransform',
            'BinnedTokenizer', 'tokenize_main']
 
-# %% ../nbs/06_tokenizers.ipynb #e89db95a
-import os, json, math, pickle, time, warnings, argparse, tempfile, shutil
+# %% ../nbs/06_tokenizers.ipynb #78f70cd0
+import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading
 from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
@@ -409,72 +409,222 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #e9f6af70
-_NUMBA = None
+# %% ../nbs/06_tokenizers.ipynb #71caf3d9
+_NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
+_GROUP_ROWS = 128             # rows sorted together (grouped by length)
+
+def _scan_py(indptr, indices, data, totals, has_totals, known, target_sum, r0, r1, t_out, sc_out, cnt, flags):
+    """Rows r0..r1: total (row sum unless given), scale target_sum/total (0 unless total > 0), number of positive entries
+    of known genes (0 when the scale is 0), and the counts check (flags: non-finite, negative, non-integer values)."""
+    nonfin = 0; neg = 0; frac = 0
+    for i in range(r0, r1):
+        s = 0.0; k = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            d = data[p]
+            if not np.isfinite(d): nonfin += 1
+            elif d < 0: neg += 1
+            elif d != np.floor(d): frac += 1
+            s += d
+            if d > 0 and known[indices[p]]: k += 1
+        t = totals[i] if has_totals else s
+        sc = target_sum / t if t > 0 else 0.0
+        t_out[i] = t; sc_out[i] = sc; cnt[i] = k if sc > 0 else 0
+    flags[0] += nonfin; flags[1] += neg; flags[2] += frac
+
+def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, cap, dest, dstart, longbuf, lstart, kept, vbuf):
+    """Rows r0..r1: keys (2**42-1 - value_key) << 21 | token of the kept entries, at dest[dstart[i]:] (the row's place in
+    the output) when cnt[i] <= cap, else at longbuf[lstart[i]:] (rows to truncate); kept counts."""
+    bits = vbuf.view(np.int64)
+    for i in range(r0, r1):
+        k = 0
+        if cnt[i] > 0:
+            buf = dest if cnt[i] <= cap else longbuf
+            o = dstart[i] if cnt[i] <= cap else lstart[i]
+            s = sc[i]
+            for p in range(indptr[i], indptr[i + 1]):
+                c = indices[p]; tk = tok_of[c]
+                if tk < 0: continue
+                v = data[p] * s
+                v = v * inv_of[c]
+                if v > 0:
+                    vbuf[k] = v; buf[o + k] = tk; k += 1
+            for j in range(k): buf[o + j] |= (_QMAX - (bits[j] >> 21)) << 21
+        kept[i] = k
+
+def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty,
+                acc, mark, vbuf):
+    "Rows r0..r1 of M @ Xn (neighbours' summed counts, float64) and M @ tn (their totals), keyed like a spot, without materialising M @ Xn."
+    bits = vbuf.view(np.int64)
+    for i in range(r0, r1):
+        o = starts[i]; m = 0; nt = 0.0; anynz = False
+        for q in range(Mp[i], Mp[i + 1]):
+            j = Mi[q]; w = Mw[q]
+            nt += w * tn[j]
+            for p in range(Xp[j], Xp[j + 1]):
+                x = w * Xd[p]
+                anynz |= x != 0
+                c = Xi[p]
+                if tok_of[c] < 0: continue
+                keys[o + m] = c; m += 1 - mark[c]; mark[c] = 1      # branch-free: a column is listed once, when first seen
+                acc[c] += x
+        nt_out[i] = nt; empty[i] = not anynz
+        sc = target_sum / nt if (spot_t[i] > 0 and nt > 0) else 0.0
+        k = 0
+        for j in range(m):
+            c = keys[o + j]
+            v = acc[c] * sc
+            v = v * inv_of[c]
+            acc[c] = 0.0; mark[c] = 0
+            if v > 0:
+                vbuf[k] = v; keys[o + k] = tok_of[c]; k += 1
+        for j in range(k): keys[o + j] |= (_QMAX - (bits[j] >> 21)) << 21
+        kept[i] = k
+
+def _copy_keys_py(src, sstart, cnt, cap, r0, r1, dest, dstart):
+    "Rows r0..r1 with 0 < cnt[i] <= cap: their keys src[sstart[i]:] to dest[dstart[i]:] (the rest stay in src, to truncate)."
+    for i in range(r0, r1):
+        k = cnt[i]
+        if 0 < k <= cap:
+            o, s = dstart[i], sstart[i]
+            for j in range(k): dest[o + j] = src[s + j]
+
+def _finish_py(out, base, total, w, special, cls_id, eos_id, pad_id, mask, r0, r1,
+               off0, len0, cnt0, long0, lstart0, off1, len1, cnt1, long1, lstart1):
+    """Rows r0..r1 of the flat output after sorting: keys → token ids (low bits) in place, or the first len
+    of a truncated row's sorted keys; <cls>/<eos> when framing; '<pad>' up to width w (w < 0: ragged)."""
+    for r in range(r0, r1):
+        b = base[r]; t = total[r]
+        if t > 0:
+            o = b + off0[r]
+            if cnt0[r] > len0[r]:
+                s = lstart0[r]
+                for j in range(len0[r]): out[o + j] = long0[s + j] & mask
+            else:
+                for j in range(len0[r]): out[o + j] &= mask
+            o = b + off1[r]
+            if cnt1[r] > len1[r]:
+                s = lstart1[r]
+                for j in range(len1[r]): out[o + j] = long1[s + j] & mask
+            else:
+                for j in range(len1[r]): out[o + j] &= mask
+            if special:
+                out[b] = cls_id; out[b + t - 1] = eos_id
+        for j in range(t, w): out[b + j] = pad_id
+
+def _row_sums_py(indptr, data, out, flags):
+    "Row sums in float64 (in storage order) and the counts check flags (non-finite, negative, non-integer), as `_scan_py`."
+    nonfin = 0; neg = 0; frac = 0
+    for i in range(len(indptr) - 1):
+        s = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            d = data[p]
+            if not np.isfinite(d): nonfin += 1
+            elif d < 0: neg += 1
+            elif d != np.floor(d): frac += 1
+            s += d
+        out[i] = s
+    flags[0] += nonfin; flags[1] += neg; flags[2] += frac
+
 def _numba_fill():
-    "The compiled fill loop, or None when numba is missing or disabled (SPATIAL_DL_NUMBA=0)."
+    "The compiled kernels (a namespace), or None when numba is missing or disabled (SPATIAL_DL_NUMBA=0)."
     global _NUMBA
     if _NUMBA is None:
         _NUMBA = False
         if os.environ.get('SPATIAL_DL_NUMBA', '1') != '0':
             try:
-                import numba, inspect
-                src = inspect.getsourcefile(_fill_keys_py) or ''
-                _NUMBA = numba.njit(nogil=True, cache=os.path.isfile(src))(_fill_keys_py)   # cached on disk when defined in a file
+                import numba, inspect, types
+                cache = os.path.isfile(inspect.getsourcefile(_scan_py) or '')    # cached on disk when defined in a file
+                jit = lambda f: numba.njit(nogil=True, cache=cache)(f)
+                _NUMBA = types.SimpleNamespace(scan=jit(_scan_py), keys_into=jit(_keys_into_py), keys_nb=jit(_keys_nb_py),
+                                               copy_keys=jit(_copy_keys_py), finish=jit(_finish_py), row_sums=jit(_row_sums_py))
             except ImportError: pass
     return _NUMBA or None
 
-def _fill_keys_py(indptr, indices, data, scale, tok_of, inv_of, rows_sel, P, kept, qmax, padkey):
-    "For rows `rows_sel`: keys (qmax - value bits >> 21) << 21 | token of kept entries into P's rows, pads after; kept counts."
-    m = P.shape[1]
-    buf = np.empty(m, np.float64); bits = buf.view(np.int64); tb = np.empty(m, np.int64)
-    for g in range(len(rows_sel)):
-        i = rows_sel[g]; k = 0
-        s = scale[i]
-        for p in range(indptr[i], indptr[i + 1]):
-            c = indices[p]; t = tok_of[c]
-            if t < 0: continue
-            v = data[p] * s
-            v = v * inv_of[c]
-            if v > 0: buf[k] = v; tb[k] = t; k += 1
-        for j in range(k): P[g, j] = ((qmax - (bits[j] >> 21)) << 21) | tb[j]
-        for j in range(k, m): P[g, j] = padkey
-        kept[g] = k
+class _ArrayPool:
+    """Reusable output arrays: a buffer is handed out again only once nothing references it any more (its refcount), so
+    returned arrays stay valid as long as they are used; at most `max_bytes` are pooled, beyond that plain allocations."""
+    def __init__(self, max_bytes: int=256 << 20, max_buffers: int=64):
+        self.max_bytes, self.max_buffers, self._bufs, self._lock = max_bytes, max_buffers, [], threading.Lock()
+
+    def array(self, shape, dtype) -> np.ndarray:
+        "An uninitialised array of `shape` and `dtype`."
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        with self._lock:
+            best = -1
+            for k in range(len(self._bufs)):          # the smallest free buffer that fits (and is not far too big)
+                nb = self._bufs[k].nbytes
+                if n <= nb <= 2 * n + (1 << 20) and sys.getrefcount(self._bufs[k]) == 2 and (best < 0 or nb < self._bufs[best].nbytes):
+                    best = k
+            if best < 0:
+                pooled = sum(b.nbytes for b in self._bufs)
+                if len(self._bufs) >= self.max_buffers or pooled + n > self.max_bytes:   # make room: drop free buffers
+                    keep = [b for b in self._bufs if sys.getrefcount(b) > 3]   # (the loop variable and getrefcount's own)
+                    self._bufs, pooled = keep, sum(b.nbytes for b in keep)
+                if len(self._bufs) >= self.max_buffers or pooled + n > self.max_bytes: return np.empty(shape, dtype)
+                self._bufs.append(np.empty(n, np.uint8)); best = len(self._bufs) - 1
+            return self._bufs[best][:n].view(dtype).reshape(shape)
+
+_OUT = _ArrayPool()
+_LOCAL = threading.local()
+def _scratch(name: str, n: int, dtype, zero: bool=False) -> np.ndarray:
+    "A per-thread scratch array (grown as needed, reused across calls: fresh memory is costly to fault in); `zero`: zeroed when new."
+    d = _LOCAL.__dict__
+    a = d.get(name)
+    if a is None or len(a) < n or a.dtype != dtype:
+        size = max(int(n), 2 * len(a) if a is not None and a.dtype == dtype else 0)
+        a = d[name] = np.zeros(size, dtype) if zero else np.empty(size, dtype)
+    return a[:n]
+
+_POOL = (None, None)          # (pid, ThreadPoolExecutor): a forked child builds its own
+def _pmap(fn, items: list, n_threads: int) -> list:
+    "fn over items on up to n_threads threads (in order); inline when one thread or one item."
+    global _POOL
+    if n_threads <= 1 or len(items) <= 1: return [fn(x) for x in items]
+    if _POOL[0] != os.getpid() or _POOL[1]._max_workers < n_threads:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = (os.getpid(), ThreadPoolExecutor(n_threads, thread_name_prefix='spatial_dl_tok'))
+    return list(_POOL[1].map(fn, items))
+
+def _cpu_count() -> int:
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1
+
+_IN_WORKER = False            # set in tokenize_h5ad's worker processes
+def _default_threads() -> int:
+    "Threads for one block: the available cores (at most 8), 1 inside a DataLoader worker or a tokenize_h5ad worker."
+    if _IN_WORKER: return 1
+    tud = __import__('sys').modules.get('torch.utils.data')
+    if tud is not None and tud.get_worker_info() is not None: return 1
+    return max(1, min(8, _cpu_count()))
+
+def _splits(n: int, k: int) -> list:
+    "k contiguous (lo, hi) ranges covering 0..n."
+    b = np.linspace(0, n, k + 1).astype(np.int64)
+    return [(int(b[i]), int(b[i + 1])) for i in range(k) if b[i + 1] > b[i]]
+
+def _row_sums_fast(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    "Row sums (float64) and check flags of a float CSR block with the compiled kernel."
+    out, flags = np.empty(X.shape[0]), np.zeros(3, np.int64)
+    _numba_fill().row_sums(X.indptr.astype(np.int64, copy=False), X.data, out, flags)
+    return out, flags
 
 def _warm_numba():
-    "Compile (or load from numba's cache) the fused loop for the usual dtypes: float32/float64 data, int32 indices."
-    if _numba_fill() is None: return
-    for dt in (np.float32, np.float64):          # float64: neighbour sums through a float64 graph
-        X = sp.csr_matrix(np.ones((2, 2), dt)); X.indices = X.indices.astype(np.int32)
-        _rank_csr_fused(X, np.ones(2), np.array([2, 3]), np.ones(2), 2)
+    "Compile (or load from numba's cache) the kernels for the usual dtypes: float32/float64 data, int32 indices."
+    K = _numba_fill()
+    if K is None: return
+    td = TokenDictionary.build(['a', 'b'])
+    for dt in (np.float32, np.float64):
+        X = sp.csr_matrix(np.array([[1, 2], [3, 0]], dt)); X.indices = X.indices.astype(np.int32)
+        tok = RankValueTokenizer(td, {'a': 1., 'b': 2.}, 2, mode='neighborhood', num_threads=1)
+        cm = tok.column_map(['a', 'b'])
+        A = sp.csr_matrix(np.array([[0, 1], [1, 0]], np.float32))
+        for totals in (None, np.ones(2)):
+            _tokenize_fast(tok, X, cm, totals, None, None, (A, X, np.ones(2)), 'warm-up')
+            _tokenize_fast(tok, X, cm, totals, X, None, None, 'warm-up')
+        _row_sums_fast(X)
 
-def _rank_csr_fused(X: sp.csr_matrix, scale: np.ndarray, tok_of: np.ndarray, inv_of: np.ndarray, max_len: int,
-                    pad_id: int=0, group_rows: int=256):
-    "Same result as `_rank_rows(*_entries(...))` in one compiled pass per group of rows (numba), then numpy's row sort."
-    fill = _numba_fill()
-    n, lens = X.shape[0], np.diff(X.indptr)
-    nz = np.flatnonzero(lens)
-    padkey, mask = (_QMAX << _TOK_BITS) | pad_id, (1 << _TOK_BITS) - 1
-    if len(nz) == 0: return np.full((n, 0), pad_id, np.int64), np.zeros(n, np.int64)
-    if lens.max() * len(nz) <= 1.1 * lens.sum(): groups = [nz]
-    else:
-        by_len = nz[np.argsort(lens[nz], kind='stable')]
-        groups = [by_len[i:i + group_rows] for i in range(0, len(by_len), group_rows)]
-    kept_all, parts = np.zeros(n, np.int64), []
-    data = X.data if X.data.dtype in (np.float32, np.float64) else X.data.astype(np.float64)
-    for R in groups:
-        P = np.empty((len(R), int(lens[R].max())), np.int64); kept = np.empty(len(R), np.int64)
-        fill(X.indptr.astype(np.int64), X.indices, data, scale, tok_of, inv_of, R.astype(np.int64), P, kept, _QMAX, padkey)
-        P.sort(axis=1)
-        kept_all[R] = kept; parts.append((R, P))
-    out_len = np.minimum(kept_all, max_len)
-    w = int(out_len.max())
-    out = np.full((n, w), pad_id, np.int64)
-    for R, P in parts:
-        k = min(P.shape[1], w); out[R, :k] = P[:, :k] & mask
-    return out, out_len
-
-# %% ../nbs/06_tokenizers.ipynb #8d39539a
+# %% ../nbs/06_tokenizers.ipynb #37b3713b
 class _ColumnMap:
     "Per-column token id (-1: unknown) and median for one gene list; an aggregation matrix when ids repeat."
     def __init__(self, gene_ids, td: TokenDictionary, medians: dict):
@@ -495,11 +645,12 @@ class _ColumnMap:
             self.tok, self.med = u, np.array([medians[td.id_to_token(i)] for i in u], np.float64)
         else: self.tok, self.med = tok, med
         with np.errstate(divide='ignore', invalid='ignore'): self.inv = np.where(self.tok >= 0, 1.0 / self.med, 0.0)
+        self.known = (self.tok >= 0).astype(np.uint8)
 
     def matches(self, gene_ids) -> bool:
         return len(gene_ids) == len(self.genes) and bool((np.asarray(gene_ids).astype(str) == self.genes).all())
 
-# %% ../nbs/06_tokenizers.ipynb #2bc42653
+# %% ../nbs/06_tokenizers.ipynb #320879e9
 def _as_token_dict(td) -> TokenDictionary:
     if isinstance(td, TokenDictionary): return td
     if isinstance(td, (str, os.PathLike)): return TokenDictionary.load(td)
@@ -528,8 +679,10 @@ class RankValueTokenizer:
                  graph_key: str='spatial_connectivities', # obsp key of a precomputed graph
                  coord_key: str='spatial', # obsm key of coordinates
                  allow_normalized: bool=False, # accept non-integer X
+                 num_threads: int|None=None, # threads ranking a block (None: the available cores, at most 8; 1 inside loader/writer workers)
                 ):
         self.td, self.medians = _as_token_dict(token_dict), _as_medians(gene_medians)
+        self.num_threads = None if num_threads is None else check_positive_int(num_threads, 'num_threads')
         self.model_input_size = check_positive_int(model_input_size, 'model_input_size')
         self.mode = check_choice(mode, 'mode', ['spot', 'neighborhood'])
         self.neighbors = check_choice(neighbors, 'neighbors', ['delaunay', 'knn', 'radius'])
@@ -574,7 +727,7 @@ class RankValueTokenizer:
                                      f"{self.td.genes[:3]})")
         return self._cmap
 
-# %% ../nbs/06_tokenizers.ipynb #3bcb7c8e
+# %% ../nbs/06_tokenizers.ipynb #53524b84
 def _entries(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np.ndarray):
     "Kept entries of block X (known gene, value > 0, cell total > 0): CSR indptr, float64 values, token ids."
     if cm.agg is not None: X = (X @ cm.agg).tocsr(); X.sort_indices()
@@ -591,16 +744,157 @@ def _entries(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals:
     return indptr, vals[keep], tok[keep]
 
 def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np.ndarray, max_len: int):
-    "Padded ranked tokens and lengths of block X: the fused numba pass when available, else the numpy steps."
-    if _numba_fill() is not None and cm.tok.max(initial=-1) < (1 << _TOK_BITS):
-        if cm.agg is not None: X = (X @ cm.agg).tocsr(); X.sort_indices()
-        with np.errstate(divide='ignore'): scale = np.where(totals > 0, self.target_sum / totals, 0.0)
-        return _rank_csr_fused(X, scale, cm.tok, cm.inv, max_len, self.td.pad_id)
+    "Padded ranked tokens and lengths of block X with the numpy steps (the path without numba)."
     return _rank_rows(*self._entries(X, cm, totals), max_len, self.td.pad_id)
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #69f9c09e
+# %% ../nbs/06_tokenizers.ipynb #c1f1e3aa
+def _as_csr(X) -> sp.csr_matrix:
+    "X as CSR without copying when it already is (re-wrapping a CSR whose arrays are views makes scipy copy them)."
+    return X if isinstance(X, (sp.csr_matrix, getattr(sp, 'csr_array', sp.csr_matrix))) else sp.csr_matrix(X)
+
+_SLAB = 16            # rows keyed, sorted and finished together (their keys stay in cache)
+
+def _balanced(weights: np.ndarray, k: int) -> list:
+    "k contiguous (lo, hi) row ranges of about equal total weight."
+    n = len(weights)
+    if k <= 1 or n == 0: return [(0, n)]
+    cs = np.cumsum(weights, dtype=np.float64)
+    cuts = np.searchsorted(cs, cs[-1] * np.arange(1, k) / k) if cs[-1] > 0 else np.linspace(0, n, k + 1)[1:-1].astype(np.int64)
+    b = np.r_[0, np.asarray(cuts, np.int64), n]
+    return [(int(b[i]), int(b[i + 1])) for i in range(k) if b[i + 1] > b[i]]
+
+def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals, neighbor_X, neighbor_totals, nbrs, where: str,
+                   ragged: bool=False):
+    """Padded ids and lengths of block X through the compiled kernels (see above). Neighbour part from `nbrs` = (M, Xn, tn):
+    rows of M weight the rows of Xn (totals tn), summed on the fly; or from precomputed `neighbor_X` (and `neighbor_totals`).
+    `ragged`: instead of the padded array, the flat ids of all rows one after the other (and the lengths)."""
+    K, n = _numba_fill(), X.shape[0]
+    T = self.num_threads or _default_threads()
+    if X.nnz < 20_000: T = 1                                   # tiny blocks: threads cost more than they save
+    f64 = lambda d: d if d.dtype in (np.float32, np.float64) else d.astype(np.float64)
+    X0, totals0, has_t = X, totals, totals is not None
+    if cm.agg is not None:                                     # duplicated gene ids: check and total the raw columns, then sum them
+        _check_values(X.data, where, self.allow_normalized)
+        if not has_t: totals, has_t = _row_sums(X), True
+        X = (X @ cm.agg).tocsr(); X.sort_indices()
+    L = self.model_input_size
+    cap = L - 2 if (self.special_tokens and self.mode == 'spot') else (L - 1 if self.special_tokens else L)
+    s1 = 1 if self.special_tokens else 0
+    padkey, mask = (_QMAX << _TOK_BITS) | self.td.pad_id, (1 << _TOK_BITS) - 1
+
+    def scan(A, tot, has_tot, flags):
+        "Totals, scales and kept counts of the rows of CSR A (threads over row ranges)."
+        ip, m = A.indptr.astype(np.int64, copy=False), A.shape[0]
+        t_in = np.asarray(tot, np.float64) if has_tot else np.zeros(0)
+        if has_tot and len(t_in) != m: raise TokenizerError(f"totals: {len(t_in)} values for {m} cells ({where})")
+        t, sc, cnt = np.empty(m), np.empty(m), np.empty(m, np.int64)
+        _pmap(lambda a: K.scan(ip, A.indices, f64(A.data), t_in, has_tot, cm.known, self.target_sum, a[1][0], a[1][1], t, sc, cnt, flags[a[0]]),
+              list(enumerate(_splits(m, T))), T)
+        return ip, t, sc, cnt
+
+    flags = np.zeros((T, 3), np.int64)
+    ip0, t, sc0, cnt0 = scan(X, totals, has_t, flags)
+    if flags.any(): _check_values(X.data, where, self.allow_normalized)       # raises the usual error (or accepts normalised)
+    none = np.zeros(n, np.int64)
+    cnt1, isolated, nb, N = none, 0, None, None
+    if self.mode == 'neighborhood':
+        if nbrs is not None:                                   # fused: sum the neighbour rows of every spot and key them at once
+            M, Xn, tn = nbrs
+            M, Xn = _as_csr(M), _as_csr(Xn)
+            if cm.agg is not None: Xn = (Xn @ cm.agg).tocsr()
+            Mp, Mw, Xp = M.indptr.astype(np.int64, copy=False), M.data.astype(np.float64, copy=False), Xn.indptr.astype(np.int64, copy=False)
+            cs = np.zeros(len(M.indices) + 1, np.int64); np.cumsum(np.diff(Xp)[M.indices], out=cs[1:])
+            bound = np.minimum(cs[Mp[1:]] - cs[Mp[:-1]], int(cm.known.sum())) + 1   # + 1: the kernel's branch-free write may touch one more
+            nstart = np.zeros(n + 1, np.int64); np.cumsum(bound, out=nstart[1:])
+            nkeys, cnt1, nt, empty = _scratch('nkeys', int(nstart[-1]), np.int64), np.empty(n, np.int64), np.empty(n), np.empty(n, np.bool_)
+            G, tn, xd = Xn.shape[1], np.asarray(tn, np.float64), f64(Xn.data)
+            _pmap(lambda a: K.keys_nb(Mp, M.indices, Mw, Xp, Xn.indices, xd, tn, t, cm.tok, cm.inv, self.target_sum, a[0], a[1],
+                                      nstart, nkeys, cnt1, nt, empty, _scratch('acc', G, np.float64, zero=True),
+                                      _scratch('mark', G, np.uint8, zero=True), _scratch('vbuf', G + 1, np.float64)),
+                  _balanced(np.diff(nstart), T), T)
+            isolated = int((empty & (t > 0)).sum())
+            long1, lstart1 = nkeys, nstart[:-1]                # rows to truncate are sorted where they are
+        else:                                                  # precomputed neighbour sums: a second CSR part
+            N = _as_csr(neighbor_X)
+            if cm.agg is not None: N = (N @ cm.agg).tocsr()
+            nt = _row_sums(N) if neighbor_totals is None else np.asarray(neighbor_totals, np.float64)
+            if len(nt) != n: raise TokenizerError(f"neighbor_totals: {len(nt)} values for {n} cells ({where})")
+            ip1, _, sc1, cnt1 = scan(N, np.where(t > 0, nt, 0), True, np.zeros((T, 3), np.int64))   # zero-count spot: no neighbour tokens
+            isolated = int(((np.diff(N.indptr) == 0) & (t > 0)).sum())
+    # layout of every row: [<cls>] spot part, neighbour part [<eos>], then padding to the longest
+    len0, len1 = np.minimum(cnt0, cap), np.minimum(cnt1, cap)
+    off0 = np.full(n, s1, np.int64); off1 = off0 + len0
+    total = len0 + len1 + 2 * s1
+    w = int(total.max()) if n else 0
+    zero = t <= 0
+    total[zero] = 0
+    if ragged: base = np.zeros(n, np.int64); np.cumsum(total[:-1], out=base[1:]); out = np.empty(int(total.sum()), np.int64)
+    else: base = np.arange(n, dtype=np.int64) * w; out = _OUT.array((n, w), np.int64)
+    flat = out.reshape(-1)
+    dst0, dst1 = base + off0, base + off1
+    def long_of(cnt, name):
+        "Start of every row to truncate in its own buffer (rows that fit are keyed in place)."
+        big = np.where(cnt > cap, cnt, 0)
+        ls = np.zeros(n, np.int64); np.cumsum(big[:-1], out=ls[1:])
+        return _scratch(name, int(big.sum()), np.int64), ls
+    long0, lstart0 = long_of(cnt0, 'long0')
+    if N is not None: long1, lstart1 = long_of(cnt1, 'long1')
+    elif nbrs is None: long1, lstart1 = none, none
+    kept0, kept1 = np.empty(n, np.int64), np.empty(n, np.int64)
+    segs0 = list(zip(cnt0.tolist(), np.where(cnt0 > cap, lstart0, dst0).tolist(), (cnt0 > cap).tolist()))
+    segs1 = list(zip(cnt1.tolist(), np.where(cnt1 > cap, lstart1, dst1).tolist(), (cnt1 > cap).tolist()))
+    cls_id, eos_id = (self.td.cls_id, self.td.eos_id) if self.special_tokens else (0, 0)
+    vlen = max(int(np.diff(ip0).max(initial=0)), int(np.diff(N.indptr).max(initial=0)) if N is not None else 0) + 1
+    tok, inv, xdata = cm.tok, cm.inv, f64(X.data)
+    ndata = f64(N.data) if N is not None else None
+
+    def work(rng):
+        vbuf = _scratch('vbuf', vlen, np.float64)
+        for a in range(rng[0], rng[1], _SLAB):
+            b = min(a + _SLAB, rng[1])
+            K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, cap, flat, dst0, long0, lstart0, kept0, vbuf)
+            if N is not None: K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, cap, flat, dst1, long1, lstart1, kept1, vbuf)
+            elif nbrs is not None: K.copy_keys(nkeys, nstart, cnt1, cap, a, b, flat, dst1)
+            for segs, lng in ((segs0, long0), (segs1, long1)):
+                for c, s, is_long in segs[a:b]:
+                    if c > 1: (lng if is_long else flat)[s:s + c].sort()   # numpy's SIMD sort of int64 keys (GIL released)
+            K.finish(flat, base, total, -1 if ragged else w, self.special_tokens, cls_id, eos_id, self.td.pad_id, mask, a, b,
+                     off0, len0, cnt0, long0, lstart0, off1, len1, cnt1, long1, lstart1)
+    _pmap(work, _balanced(cnt0 + cnt1 + 1, T), T)
+    if not np.array_equal(kept0, cnt0) or (N is not None and not np.array_equal(kept1, cnt1)):   # a value underflowed to 0
+        ids, lens = _tokenize_numpy(self, X0, cm, totals0, neighbor_X, neighbor_totals, nbrs, where)
+        return (ids[np.arange(ids.shape[1])[None, :] < lens[:, None]], lens) if ragged else (ids, lens)
+    self.stats['isolated_spots'] += isolated
+    self.stats['cells'] += int((~zero).sum()); self.stats['zero_cells'] += int(zero.sum()); self.stats['tokens'] += int(total.sum())
+    return out, total
+
+def _tokenize_numpy(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals, neighbor_X, neighbor_totals, nbrs, where: str):
+    "Padded ids and lengths of block X with the vectorised numpy steps (the path without numba)."
+    _check_values(X.data, where, self.allow_normalized)
+    t = _row_sums(X) if totals is None else np.asarray(totals, np.float64)
+    if len(t) != X.shape[0]: raise TokenizerError(f"totals: {len(t)} values for {X.shape[0]} cells ({where})")
+    L = self.model_input_size
+    spot_len = L - 2 if (self.special_tokens and self.mode == 'spot') else (L - 1 if self.special_tokens else L)
+    parts = [self._rank(X, cm, t, spot_len)]
+    if self.mode == 'neighborhood':
+        if neighbor_X is None:
+            M = sp.csr_matrix(nbrs[0])
+            N, nt = (M @ sp.csr_matrix(nbrs[1]).astype(np.float64)).tocsr(), M @ np.asarray(nbrs[2], np.float64)
+        else:
+            N = sp.csr_matrix(neighbor_X)
+            nt = _row_sums(N) if neighbor_totals is None else np.asarray(neighbor_totals, np.float64)
+        nt = np.where(t > 0, nt, 0)                          # a zero-count spot gets no neighbour tokens either
+        parts.append(self._rank(N, cm, nt, spot_len))
+        self.stats['isolated_spots'] += int(((N.getnnz(axis=1) == 0) & (t > 0)).sum())
+    ids, lens = self._frame(parts)
+    zero = t <= 0
+    lens[zero] = 0; ids[zero] = self.td.pad_id
+    self.stats['cells'] += int((~zero).sum()); self.stats['zero_cells'] += int(zero.sum()); self.stats['tokens'] += int(lens.sum())
+    return ids, lens
+
+# %% ../nbs/06_tokenizers.ipynb #5b56395d
 def _frame(self: RankValueTokenizer, parts: list) -> tuple[np.ndarray, np.ndarray]:
     "Concatenate padded parts [(ids, lengths), ...] row-wise, adding <cls>/<eos> when asked; padded ids and lengths."
     if len(parts) == 1 and not self.special_tokens: return parts[0][0], parts[0][1].copy()
@@ -628,42 +922,43 @@ def tokenize_block_padded(self: RankValueTokenizer,
                           neighbor_totals=None, # neighbourhood mode: per-cell summed totals of its neighbours
                           where: str='block', # named in error messages
                           raw: bool|None=None, # stformer_compat only: the file's raw-counts flag (None: detect on this block)
+                          neighbor_rows=None, # neighbourhood mode, instead of neighbor_X: (M, Xn, tn), rows of M weight the rows of Xn (totals tn)
                          ) -> tuple[np.ndarray, np.ndarray]:
     "Token ids of a block, padded with '<pad>' (n × longest), and the length of every row (0 for zero-count cells)."
-    if self.stformer_compat: return self._compat_block(X, gene_ids, totals, neighbor_X, raw=raw, where=where)
-    X = sp.csr_matrix(X)
+    return self._tokenize(X, gene_ids, totals, neighbor_X, neighbor_totals, where, raw, neighbor_rows)
+
+def _tokenize(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X=None, neighbor_totals=None, where='block', raw=None,
+              neighbor_rows=None, ragged: bool=False):
+    "`tokenize_block_padded`; `ragged=True` may instead return the ids of all rows flat, one after the other (1-D), when compiled."
+    if self.stformer_compat:
+        if neighbor_X is None and neighbor_rows is not None: neighbor_X = sp.csr_matrix(neighbor_rows[0]) @ neighbor_rows[1]
+        return self._compat_block(X, gene_ids, totals, neighbor_X, raw=raw, where=where)
+    X = _as_csr(X)
     if len(gene_ids) != X.shape[1]:
         raise TokenizerError(f"gene_ids: {len(gene_ids)} ids for the {X.shape[1]} columns of X ({where})")
-    _check_values(X.data, where, self.allow_normalized)
-    cm = self.column_map(gene_ids)
-    t = _row_sums(X) if totals is None else np.asarray(totals, np.float64)
-    if len(t) != X.shape[0]: raise TokenizerError(f"totals: {len(t)} values for {X.shape[0]} cells ({where})")
-    L = self.model_input_size
-    spot_len = L - 2 if (self.special_tokens and self.mode == 'spot') else (L - 1 if self.special_tokens else L)
-    parts = [self._rank(X, cm, t, spot_len)]
-    if self.mode == 'neighborhood':
-        if neighbor_X is None: raise TokenizerError("neighbor_X: mode='neighborhood' needs the neighbours' summed counts "
-                                                    "(use tokenize_adata, tokenize_h5ad or TokenizeTransform, which build them)")
-        N = sp.csr_matrix(neighbor_X)
-        nt = _row_sums(N) if neighbor_totals is None else np.asarray(neighbor_totals, np.float64)
-        nt = np.where(t > 0, nt, 0)                          # a zero-count spot gets no neighbour tokens either
-        parts.append(self._rank(N, cm, nt, spot_len))
-        self.stats['isolated_spots'] += int(((N.getnnz(axis=1) == 0) & (t > 0)).sum())
-    ids, lens = self._frame(parts)
-    zero = t <= 0
-    lens[zero] = 0; ids[zero] = self.td.pad_id
-    self.stats['cells'] += int((~zero).sum()); self.stats['zero_cells'] += int(zero.sum()); self.stats['tokens'] += int(lens.sum())
-    return ids, lens
+    try: cm = self.column_map(gene_ids)
+    except TokenizerError:
+        _check_values(X.data, where, self.allow_normalized); raise      # a counts error is reported first
+    if self.mode == 'neighborhood' and neighbor_X is None and neighbor_rows is None:
+        raise TokenizerError("neighbor_X: mode='neighborhood' needs the neighbours' summed counts "
+                             "(use tokenize_adata, tokenize_h5ad or TokenizeTransform, which build them)")
+    if _numba_fill() is not None and cm.tok.max(initial=-1) < (1 << _TOK_BITS):
+        return _tokenize_fast(self, X, cm, totals, neighbor_X, neighbor_totals, neighbor_rows, where, ragged=ragged)
+    return _tokenize_numpy(self, X, cm, totals, neighbor_X, neighbor_totals, neighbor_rows, where)
 
 def tokenize_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X=None, neighbor_totals=None,
-                   where: str='block', raw: bool|None=None) -> list:
+                   where: str='block', raw: bool|None=None, neighbor_rows=None) -> list:
     "Token ids of every cell of a block as a list of int64 arrays (empty for zero-count cells)."
-    ids, lens = self.tokenize_block_padded(X, gene_ids, totals, neighbor_X, neighbor_totals, where=where, raw=raw)
+    ids, lens = self._tokenize(X, gene_ids, totals, neighbor_X, neighbor_totals, where, raw, neighbor_rows, ragged=True)  # less memory to fill
+    if ids.ndim == 1:
+        ends = np.cumsum(lens)
+        return [ids[e - l:e] for e, l in zip(ends.tolist(), lens.tolist())]
     return [ids[i, :l] for i, l in enumerate(lens.tolist())]
 
 RankValueTokenizer._frame, RankValueTokenizer.tokenize_block_padded, RankValueTokenizer.tokenize_block = _frame, tokenize_block_padded, tokenize_block
+RankValueTokenizer._tokenize = _tokenize
 
-# %% ../nbs/06_tokenizers.ipynb #a0a177ac
+# %% ../nbs/06_tokenizers.ipynb #c0594172
 def spatial_graph(coords, # n × 2 (or 3) coordinates
                   method: str='delaunay', # 'delaunay', 'knn' or 'radius'
                   n_neighbors: int=6, # k for 'knn'
@@ -702,12 +997,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.data[:] = 1; A.setdiag(0); A.eliminate_zeros()
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #1e718a98
-def _neighbor_sums(A: sp.csr_matrix, X: sp.csr_matrix, totals: np.ndarray):
-    "Neighbour-summed counts A@X and totals A@totals."
-    A = sp.csr_matrix(A)
-    return (A @ X).tocsr(), A @ totals
-
+# %% ../nbs/06_tokenizers.ipynb #e66341d8
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str) -> sp.csr_matrix:
     "The neighbour graph of one file/AnnData: obsp[graph_key] if present, else built from obsm[coord_key]."
     A = obsp.get(self.graph_key) if obsp is not None else None
@@ -733,16 +1023,34 @@ def tokenize_adata(self: RankValueTokenizer,
             raise KeyError(f"{where}: total_key {self.total_key!r} not in obs (available columns: {sorted(adata.obs.columns)})")
         totals = adata.obs[self.total_key].to_numpy(np.float64)
     if self.stformer_compat and totals is None and 'n_counts' in adata.obs: totals = adata.obs['n_counts'].to_numpy()
-    X = sp.csr_matrix(adata.X)
+    X = _as_csr(adata.X) if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    if self.mode == 'spot' and not self.stformer_compat:     # row chunks: scratch memory stays small (and warm)
+        tot = None if totals is None else np.asarray(totals, np.float64)
+        if tot is not None and len(tot) != X.shape[0]: raise TokenizerError(f"totals: {len(tot)} values for {X.shape[0]} cells ({where})")
+        return [ids for a in range(0, X.shape[0], _ADATA_ROWS)
+                for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids,
+                                               None if tot is None else tot[a:a + _ADATA_ROWS], where=where)]
     if self.mode == 'spot': return self.tokenize_block(X, gene_ids, totals, where=where)
     A = self._graph_for(dict(adata.obsp), dict(adata.obsm), adata.n_obs, where)
     if self.stformer_compat:
         t = _row_sums(X) if totals is None else np.asarray(totals)
         k = np.flatnonzero(t.astype(int) > 0)             # stFormer drops zero-count spots from the graph too
         return self.tokenize_block(X, gene_ids, t, neighbor_X=A[:, k] @ X[k], where=where)
-    t = _row_sums(X) if totals is None else totals
-    N, nt = _neighbor_sums(A, X, t)
-    return self.tokenize_block(X, gene_ids, t, N, nt, where=where)
+    t = _row_sums(X) if totals is None else np.asarray(totals, np.float64)
+    A = sp.csr_matrix(A)
+    return [ids for a in range(0, X.shape[0], _ADATA_ROWS)
+            for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids, t[a:a + _ADATA_ROWS], where=where,
+                                           neighbor_rows=(A[a:a + _ADATA_ROWS], X, t))]
+
+_ADATA_ROWS = 1024    # tokenize_adata works in blocks of this many cells
+
+def _row_block(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
+    "Rows a..b of CSR X sharing its data and indices (scipy's row slicing copies them)."
+    b = min(b, X.shape[0])
+    ia, ib = int(X.indptr[a]), int(X.indptr[b])
+    m = sp.csr_matrix((b - a, X.shape[1]), dtype=X.dtype)
+    m.data, m.indices, m.indptr = X.data[ia:ib], X.indices[ia:ib], (X.indptr[a:b + 1] - ia).astype(X.indices.dtype)
+    return m
 
 def _var_column(adata, key, where):
     if key not in adata.var: raise KeyError(f"{where}: gene_key {key!r} not in var (available columns: {sorted(adata.var.columns)})")
@@ -750,7 +1058,7 @@ def _var_column(adata, key, where):
 
 RankValueTokenizer._graph_for, RankValueTokenizer.tokenize_adata = _graph_for, tokenize_adata
 
-# %% ../nbs/06_tokenizers.ipynb #915cba12
+# %% ../nbs/06_tokenizers.ipynb #29d7f88e
 def _stformer_delaunay(coords, where='coords') -> sp.csr_matrix:
     "stFormer's Delaunay graph: every triangle adds its three edges both ways (shared edges get weight 2), float64."
     from scipy.spatial import Delaunay
@@ -814,7 +1122,7 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
 
-# %% ../nbs/06_tokenizers.ipynb #33a0d609
+# %% ../nbs/06_tokenizers.ipynb #38bcf532
 def _read_elem(node):
     "An obsp/obsm element of an open h5ad: CSR/CSC groups and plain arrays with h5py (fast), anything else through anndata."
     import h5py
@@ -865,8 +1173,8 @@ class _Source:
             self._compat[i] = (nc, bool(np.allclose(rs, np.round(rs))))
         return self._compat[i]
 
-    def neighbor_inputs(self, rows: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
-        "Graph-weighted sums of the neighbours' counts and totals for global `rows` (any order), read in one sorted pass."
+    def neighbor_inputs(self, rows: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+        "(M, Xn, tn) for global `rows` (any order): the neighbour rows Xn (one sorted read), their totals tn and weights M (rows × neighbours)."
         off = self.reader.offsets
         fid = np.searchsorted(off, rows, side='right') - 1
         r_, c_, d_ = [], [], []
@@ -881,8 +1189,15 @@ class _Source:
         nbrs, inv = np.unique(c, return_inverse=True)
         M = sp.csr_matrix((d, (r, inv.ravel())), shape=(len(rows), len(nbrs)))
         Xn = self.reader.read(nbrs).X if len(nbrs) else sp.csr_matrix((0, self.reader.n_vars), dtype=np.float32)
-        _check_values(Xn.data, 'neighbour rows', self.tok.allow_normalized or self.tok.stformer_compat)
-        return (M @ Xn).tocsr(), M @ self.totals(nbrs, Xn)
+        allow = self.tok.allow_normalized or self.tok.stformer_compat
+        if _numba_fill() is not None and Xn.data.dtype in (np.float32, np.float64):
+            sums, flags = _row_sums_fast(Xn)                  # totals and the counts check in one compiled pass
+            if flags.any(): _check_values(Xn.data, 'neighbour rows', allow)
+            key_sums = self.totals(nbrs, Xn) if (self.tok.total_key is not None or self.tok.stformer_compat) else sums
+        else:
+            _check_values(Xn.data, 'neighbour rows', allow)
+            key_sums = self.totals(nbrs, Xn)
+        return M, Xn, key_sums
 
     def tokenize(self, rows: np.ndarray, X: sp.csr_matrix|None=None) -> tuple[np.ndarray, np.ndarray]:
         "Padded token ids and lengths of global `rows` (X: their counts when already read)."
@@ -890,16 +1205,17 @@ class _Source:
         if X is None:
             o = np.argsort(rows, kind='stable'); X = self.reader.read(rows[o]).X[np.argsort(o)]
         tok, where = self.tok, self.reader.paths[0] if len(self.reader.paths) == 1 else f"{len(self.reader.paths)} files"
-        t = self.totals(rows, X)
-        if not tok.stformer_compat:
+        if not tok.stformer_compat:                           # totals: the obs column, else computed with the tokens
+            t = None if tok.total_key is None else self.totals(rows, X)
             if tok.mode == 'spot': return tok.tokenize_block_padded(X, self.reader.var_names, t, where=where)
-            N, nt = self.neighbor_inputs(rows)
-            return tok.tokenize_block_padded(X, self.reader.var_names, t, N, nt, where=where)
+            return tok.tokenize_block_padded(X, self.reader.var_names, t, where=where, neighbor_rows=self.neighbor_inputs(rows))
+        t = self.totals(rows, X)
         fid = np.searchsorted(self.reader.offsets, rows, side='right') - 1      # stFormer: per-file raw flag
         out = []
         for i in np.unique(fid).tolist():
             pos = np.flatnonzero(fid == i)
-            N = self.neighbor_inputs(rows[pos])[0] if tok.mode == 'neighborhood' else None
+            N = None
+            if tok.mode == 'neighborhood': M, Xn, _ = self.neighbor_inputs(rows[pos]); N = (M @ Xn).tocsr()
             out.append((pos, *tok.tokenize_block_padded(X[pos], self.reader.var_names, t[pos], N, where=self.reader.paths[i],
                                                         raw=self.compat_info(i)[1])))
         if len(out) == 1: return out[0][1], out[0][2]
@@ -908,7 +1224,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #f87faa7f
+# %% ../nbs/06_tokenizers.ipynb #028eba59
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -956,6 +1272,11 @@ def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk
 
 def _job_star(args): return _tokenize_job(*args)
 
+def _mark_worker():
+    "In a tokenize_h5ad worker process: rank blocks on one thread (the processes are the parallelism)."
+    global _IN_WORKER
+    _IN_WORKER = True
+
 def tokenize_h5ad(paths, # .h5ad files of raw counts
                   out_dir: str|Path, # the dataset folder to create (`datasets.load_from_disk(out_dir)`)
                   tokenizer: RankValueTokenizer, # what to produce
@@ -1002,7 +1323,7 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
             for a in args: stats.append(_tokenize_job(*a)); bar.update()
         else:
             import multiprocessing as mp
-            with mp.get_context('fork').Pool(min(num_workers, len(args))) as pool:
+            with mp.get_context('fork').Pool(min(num_workers, len(args)), initializer=_mark_worker) as pool:
                 for s in pool.imap(_job_star, args): stats.append(s); bar.update()
         bar.close()
         ds = hfd.concatenate_datasets([hfd.Dataset.from_file(str(a[-2])) for a in args])
@@ -1037,7 +1358,39 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #4c235453
+# %% ../nbs/06_tokenizers.ipynb #99b9acff
+_COMPACT = None
+def _compact_cls():
+    "The torch.Tensor subclass whose pickled form is a rebuild recipe (created on first use: torch is imported lazily)."
+    global _COMPACT
+    if _COMPACT is None:
+        import torch
+        class _CompactTokens(torch.Tensor):
+            "A tensor that pickles as `self._rebuild` (compact arrays) and unpickles as a plain tensor."
+            __torch_function__ = torch._C._disabled_torch_function_impl      # operations on it give plain tensors
+            def __reduce_ex__(self, protocol): return self._rebuild
+        _COMPACT = _CompactTokens
+    return _COMPACT
+
+def _compact(t, rebuild: tuple):
+    "Tensor t, pickled as rebuild = (function, args)."
+    import torch
+    c = torch.Tensor._make_subclass(_compact_cls(), t)
+    c._rebuild = rebuild
+    return c
+
+def _rebuild_ids(flat: np.ndarray, lens: np.ndarray, w: int, pad_id: int):
+    "Padded int64 ids (n × w) from the row-major unpadded ids and the lengths."
+    import torch
+    ids = np.full((len(lens), w), pad_id, np.int64)
+    ids[np.arange(w)[None, :] < lens[:, None]] = flat
+    return torch.from_numpy(ids)
+
+def _rebuild_mask(lens: np.ndarray, w: int):
+    "The int64 attention mask (n × w) of rows of the given lengths."
+    import torch
+    return torch.from_numpy((np.arange(w)[None, :] < lens[:, None]).astype(np.int64))
+
 class TokenizeTransform:
     "Loader hook (`before_dense`): raw CSR batch → padded `input_ids`, `attention_mask`, `length` (torch tensors)."
     def __init__(self, tokenizer: RankValueTokenizer, # the tokenizer to apply
@@ -1061,7 +1414,7 @@ class TokenizeTransform:
             if self.tok.mode == 'neighborhood' or self.tok.stformer_compat:
                 raise TokenizerError("batch has no 'index': neighbourhood/stFormer modes need global row ids")
             ids, lens = self.tok.tokenize_block_padded(X, self.reader.var_names, where='batch')
-        else: ids, lens = self._src.tokenize(np.asarray(rows), sp.csr_matrix(X))
+        else: ids, lens = self._src.tokenize(np.asarray(rows), _as_csr(X))
         n = len(lens)
         if self.drop_zero and (lens == 0).any():
             keep = lens > 0
@@ -1071,12 +1424,16 @@ class TokenizeTransform:
         w = ids.shape[1] if self.pad_to is None else self.pad_to
         if ids.shape[1] > w: raise TokenizerError(f"pad_to={self.pad_to} is shorter than a sequence of {ids.shape[1]} tokens")
         if ids.shape[1] < w: ids = np.pad(ids, ((0, 0), (0, w - ids.shape[1])), constant_values=self.tok.td.pad_id)
-        batch['input_ids'] = torch.from_numpy(ids)
-        batch['attention_mask'] = (torch.arange(w)[None, :] < torch.from_numpy(lens)[:, None]).long()
+        valid = np.arange(w)[None, :] < lens[:, None]           # numpy, not torch: no intra-op threads here
+        batch['input_ids'], batch['attention_mask'] = torch.from_numpy(ids), torch.from_numpy(valid.astype(np.int64))
         batch['length'] = torch.from_numpy(lens)
+        if torch.utils.data.get_worker_info() is not None:      # crossing to the main process: pickle compactly
+            flat = ids[valid].astype(np.int32 if self.tok.td.__len__() < 2**31 else np.int64)
+            batch['input_ids'] = _compact(batch['input_ids'], (_rebuild_ids, (flat, lens, w, self.tok.td.pad_id)))
+            batch['attention_mask'] = _compact(batch['attention_mask'], (_rebuild_mask, (lens, w)))
         return batch
 
-# %% ../nbs/06_tokenizers.ipynb #c1144c2a
+# %% ../nbs/06_tokenizers.ipynb #8993c2eb
 class BinnedTokenizer:
     "scGPT-style tokens: expressed genes (dictionary ids) and per-cell quantile bins of their values, deterministic."
     def __init__(self, token_dict, # TokenDictionary, dict or path
@@ -1128,7 +1485,7 @@ class BinnedTokenizer:
             ids.append(t); vals.append(bv)
         return {'input_ids': ids, 'values': vals}
 
-# %% ../nbs/06_tokenizers.ipynb #866182ca
+# %% ../nbs/06_tokenizers.ipynb #a9f089f5
 def _expand_inputs(items) -> list[str]:
     out = []
     for it in items:
