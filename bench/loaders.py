@@ -466,7 +466,7 @@ def main(argv=None) -> int:
     # spawning workers or loading compiled code stay in the "incl. 1st" column), iterating over as many epochs as it
     # takes. The timed window starts at a fetch boundary (1 + 15 + a multiple of 16 batches) and spans whole fetches,
     # so loaders that read 16 batches at once are not flattered by a partial window.
-    warmup, max_seconds, warmup_s = (15, 4.0, 1.0) if a.quick else (15, 20.0, 1.0)
+    warmup, max_seconds, warmup_s = (15, 4.0, 2.0) if a.quick else (15, 20.0, 2.0)
     repeats = a.repeats or (1 if a.quick else 5)
     path, gen = ensure_data(a.data_dir, n_obs, n_vars)
     labels = read_labels(path)

@@ -469,7 +469,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #2cd9a6e8
+# %% ../nbs/04_loaders.ipynb #7dff80b0
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -543,9 +543,11 @@ def make_dataloader(dataset: AnnDataset, # the dataset to load from
                     num_workers: int=0, # DataLoader worker processes (0: read in the main process, with a prefetch thread)
                     **kwargs, # further DataLoader arguments (pin_memory, multiprocessing_context, persistent_workers, ...)
                    ) -> AnnDataLoader:
-    "A DataLoader for `dataset` (batch_size=None); refuses shuffle/batch_size/sampler/batch_sampler/drop_last/collate_fn."
+    """A DataLoader for `dataset` (batch_size=None); refuses shuffle/batch_size/sampler/batch_sampler/drop_last/collate_fn.
+    With workers, `persistent_workers` defaults to True: workers start once, not at every epoch."""
     if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    if num_workers: kwargs.setdefault('persistent_workers', True)
     return AnnDataLoader(dataset, num_workers=int(num_workers), **kwargs)
 
 # %% ../nbs/04_loaders.ipynb #260e9c7d

@@ -49,10 +49,22 @@ def _dense(a, layer=None):
 rows_strategy = st.lists(st.integers(0, 10**6), min_size=0, max_size=80)
 
 
+@pytest.fixture(params=['python', 'compiled'])
+def read_path(request, monkeypatch):
+    "Scatter reads through os.preadv from Python, or through the compiled loop (numba) for every read size."
+    import spatial_dl.readers as R
+    if request.param == 'compiled':
+        assert R._preadv_groups(0, wait=True) is not None
+        monkeypatch.setattr(R, '_SMALL_READ', 0)
+        monkeypatch.delenv('SPATIAL_DL_NUMBA', raising=False)
+    else: monkeypatch.setenv('SPATIAL_DL_NUMBA', '0')
+    return request.param
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=rows_strategy)
-def test_any_rows_any_order_match_anndata(files, raw):
-    "Fast path (one CSR file), general path (gzip, dense + CSR collection): values, obs codes and obsm match."
+def test_any_rows_any_order_match_anndata(files, read_path, raw):
+    "Fast path (one CSR file; Python and compiled reads), general path (gzip, dense + CSR collection): values, obs codes and obsm match."
     d, ads, paths = files
     a, c = ads['a'], ads['c']
     for coll, ref, obsm, cats in [
