@@ -669,7 +669,7 @@ def _decoded(src, own: bool=False):
         if own: m, t, j = m.copy(), t.copy(), bytes(j)  # let go of the shard's memory map
         yield m, t, j, s['__key__'], s['__url__']
 
-# %% ../nbs/11_shards.ipynb #aefb1fc8
+# %% ../nbs/11_shards.ipynb #9de24f43
 class _Shuffle:
     "Buffered sample shuffle, seeded by (seed, epoch, rank, worker)."
     def __init__(self, bufsize: int, seed: int): self.bufsize, self.seed, self.epoch = bufsize, seed, 0
@@ -693,7 +693,7 @@ def _json_column_dicts(samples: list) -> list:
     except ValueError: pass
     return [_json_dict(s[2], s[3], s[4]) for s in samples]
 
-def collate_samples(samples: list, # decoded samples
+def collate_samples(samples: list, # decoded samples: `(morph, tx, json, key, url)` as the decode stage yields them
                     dtype: str, # storage dtype name
                    ) -> tuple:
     "Stack decoded samples into `(morph [B,Dm], tx [B,Dt], pos [B,2], meta)`; `meta` maps each JSON field to a numpy column."
