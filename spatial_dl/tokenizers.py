@@ -8,8 +8,8 @@ __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_median
            'spatial_graph', 'tokenize_adata', 'tokenize_h5ad', 'load_example_lengths', 'TokenizeTransform',
            'BinnedTokenizer', 'tokenize_main']
 
-# %% ../nbs/06_tokenizers.ipynb #78f70cd0
-import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading
+# %% ../nbs/06_tokenizers.ipynb #a48d55d8
+import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading, itertools
 from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
@@ -283,7 +283,7 @@ def load_gene_medians(path: str|Path) -> dict:
     if bad: raise TokenizerError(f"{path}: {len(bad)} medians are not positive finite numbers (e.g. {bad[0]!r}: {d[bad[0]]})")
     return {str(k): float(v) for k, v in d.items()}
 
-# %% ../nbs/06_tokenizers.ipynb #0cceaea3
+# %% ../nbs/06_tokenizers.ipynb #0c154de4
 SPECIAL_TOKENS = ('<pad>', '<mask>', '<cls>', '<eos>')
 
 class TokenDictionary:
@@ -342,7 +342,10 @@ class TokenDictionary:
 
     def lookup(self, genes) -> np.ndarray:
         "Id of every gene in `genes`; -1 for genes not in the dictionary (special tokens are not genes: -1)."
-        return np.array([-1 if g in SPECIAL_TOKENS else self._tok.get(g, -1) for g in np.asarray(genes).tolist()], np.int64)
+        genes = np.asarray(genes).tolist()
+        gtok = self.__dict__.get('_gene_tok')
+        if gtok is None: gtok = self._gene_tok = {k: v for k, v in self._tok.items() if k not in SPECIAL_TOKENS}
+        return np.fromiter(map(gtok.get, genes, itertools.repeat(-1)), np.int64, len(genes))
 
     def save(self, path: str|Path, overwrite: bool=True) -> Path:
         "Write as JSON (`.json`) or a pickled plain dict (any other suffix), atomically."
@@ -409,32 +412,37 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #71caf3d9
+# %% ../nbs/06_tokenizers.ipynb #b0dd0ae6
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 _GROUP_ROWS = 128             # rows sorted together (grouped by length)
 
-def _scan_py(indptr, indices, data, totals, has_totals, known, target_sum, r0, r1, t_out, sc_out, cnt, flags):
+def _scan_py(indptr, indices, data, totals, has_totals, known, all_known, target_sum, r0, r1, t_out, sc_out, cnt, flags):
     """Rows r0..r1: total (row sum unless given), scale target_sum/total (0 unless total > 0), number of positive entries
-    of known genes (0 when the scale is 0), and the counts check (flags: non-finite, negative, non-integer values)."""
-    nonfin = 0; neg = 0; frac = 0
+    of known genes (0 when the scale is 0), and the counts check (flags: rows with non-finite, negative, non-integer values).
+    Branch-free sums (compiled with reassociation, so they vectorise); `all_known`: every column is a known gene."""
     for i in range(r0, r1):
-        s = 0.0; k = 0
-        for p in range(indptr[i], indptr[i + 1]):
-            d = data[p]
-            if not np.isfinite(d): nonfin += 1
-            elif d < 0: neg += 1
-            elif d != np.floor(d): frac += 1
+        a, b = indptr[i], indptr[i + 1]
+        s = 0.0; fr = 0.0; neg = False; npos = 0
+        for p in range(a, b):
+            d = np.float64(data[p])
             s += d
-            if d > 0 and known[indices[p]]: k += 1
+            fr += d - np.floor(d)                 # fractional parts (NaN/inf propagate)
+            neg |= d < 0
+            npos += d > 0
+        if all_known: k = npos
+        else:
+            k = 0
+            for p in range(a, b): k += (data[p] > 0) & (known[indices[p]] != 0)
         t = totals[i] if has_totals else s
         sc = target_sum / t if t > 0 else 0.0
         t_out[i] = t; sc_out[i] = sc; cnt[i] = k if sc > 0 else 0
-    flags[0] += nonfin; flags[1] += neg; flags[2] += frac
+        if not (np.isfinite(s) and np.isfinite(fr)): flags[0] += 1
+        elif neg: flags[1] += 1
+        elif fr != 0: flags[2] += 1
 
-def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, cap, dest, dstart, longbuf, lstart, kept, vbuf):
+def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, cap, dest, dstart, longbuf, lstart, kept):
     """Rows r0..r1: keys (2**42-1 - value_key) << 21 | token of the kept entries, at dest[dstart[i]:] (the row's place in
     the output) when cnt[i] <= cap, else at longbuf[lstart[i]:] (rows to truncate); kept counts."""
-    bits = vbuf.view(np.int64)
     for i in range(r0, r1):
         k = 0
         if cnt[i] > 0:
@@ -447,14 +455,11 @@ def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, cap, d
                 v = data[p] * s
                 v = v * inv_of[c]
                 if v > 0:
-                    vbuf[k] = v; buf[o + k] = tk; k += 1
-            for j in range(k): buf[o + j] |= (_QMAX - (bits[j] >> 21)) << 21
+                    buf[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tk; k += 1
         kept[i] = k
 
-def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty,
-                acc, mark, vbuf):
+def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty, acc, mark):
     "Rows r0..r1 of M @ Xn (neighbours' summed counts, float64) and M @ tn (their totals), keyed like a spot, without materialising M @ Xn."
-    bits = vbuf.view(np.int64)
     for i in range(r0, r1):
         o = starts[i]; m = 0; nt = 0.0; anynz = False
         for q in range(Mp[i], Mp[i + 1]):
@@ -476,8 +481,7 @@ def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, 
             v = v * inv_of[c]
             acc[c] = 0.0; mark[c] = 0
             if v > 0:
-                vbuf[k] = v; keys[o + k] = tok_of[c]; k += 1
-        for j in range(k): keys[o + j] |= (_QMAX - (bits[j] >> 21)) << 21
+                keys[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tok_of[c]; k += 1
         kept[i] = k
 
 def _copy_keys_py(src, sstart, cnt, cap, r0, r1, dest, dstart):
@@ -511,6 +515,29 @@ def _finish_py(out, base, total, w, special, cls_id, eos_id, pad_id, mask, r0, r
                 out[b] = cls_id; out[b + t - 1] = eos_id
         for j in range(t, w): out[b + j] = pad_id
 
+def _mask_py(lens, mask):
+    "Attention mask rows: 1 for the first lens[r] positions, 0 after."
+    for r in range(mask.shape[0]):
+        l = lens[r]
+        for j in range(l): mask[r, j] = 1
+        for j in range(l, mask.shape[1]): mask[r, j] = 0
+
+def _compact_py(ids, lens, flat):
+    "The first lens[r] ids of every row, one row after the other, into flat."
+    o = 0
+    for r in range(ids.shape[0]):
+        for j in range(lens[r]): flat[o + j] = ids[r, j]
+        o += lens[r]
+
+def _expand_py(flat, lens, pad_id, ids):
+    "Inverse of `_compact_py`: rows of ids from flat, padded with pad_id."
+    o = 0
+    for r in range(ids.shape[0]):
+        l = lens[r]
+        for j in range(l): ids[r, j] = flat[o + j]
+        for j in range(l, ids.shape[1]): ids[r, j] = pad_id
+        o += l
+
 def _row_sums_py(indptr, data, out, flags):
     "Row sums in float64 (in storage order) and the counts check flags (non-finite, negative, non-integer), as `_scan_py`."
     nonfin = 0; neg = 0; frac = 0
@@ -525,6 +552,23 @@ def _row_sums_py(indptr, data, out, flags):
         out[i] = s
     flags[0] += nonfin; flags[1] += neg; flags[2] += frac
 
+def _f64_bits(x):
+    "The bits of float64 x as an int64 (replaced by a numba bit-cast intrinsic before the kernels compile)."
+    return int(np.float64(x).view(np.int64))
+
+def _bitcast_intrinsic():
+    "A numba intrinsic reinterpreting a float64 as int64 (no memory round trip)."
+    from numba import types
+    from numba.extending import intrinsic
+    @intrinsic
+    def f64_bits(typingctx, x):
+        if not isinstance(x, types.Float): return None
+        def codegen(context, builder, sig, args):
+            v = context.cast(builder, args[0], sig.args[0], types.float64)
+            return builder.bitcast(v, context.get_value_type(types.int64))
+        return types.int64(x), codegen
+    return f64_bits
+
 def _numba_fill():
     "The compiled kernels (a namespace), or None when numba is missing or disabled (SPATIAL_DL_NUMBA=0)."
     global _NUMBA
@@ -535,8 +579,10 @@ def _numba_fill():
                 import numba, inspect, types
                 cache = os.path.isfile(inspect.getsourcefile(_scan_py) or '')    # cached on disk when defined in a file
                 jit = lambda f: numba.njit(nogil=True, cache=cache)(f)
-                _NUMBA = types.SimpleNamespace(scan=jit(_scan_py), keys_into=jit(_keys_into_py), keys_nb=jit(_keys_nb_py),
-                                               copy_keys=jit(_copy_keys_py), finish=jit(_finish_py), row_sums=jit(_row_sums_py))
+                globals()['_f64_bits'] = _bitcast_intrinsic()
+                _NUMBA = types.SimpleNamespace(scan=numba.njit(nogil=True, cache=cache, fastmath={'reassoc'})(_scan_py), keys_into=jit(_keys_into_py), keys_nb=jit(_keys_nb_py),
+                                               copy_keys=jit(_copy_keys_py), finish=jit(_finish_py), row_sums=jit(_row_sums_py),
+                                               mask=jit(_mask_py), compact=jit(_compact_py), expand=jit(_expand_py))
             except ImportError: pass
     return _NUMBA or None
 
@@ -623,15 +669,18 @@ def _warm_numba():
             _tokenize_fast(tok, X, cm, totals, None, None, (A, X, np.ones(2)), 'warm-up')
             _tokenize_fast(tok, X, cm, totals, X, None, None, 'warm-up')
         _row_sums_fast(X)
+    ids, lens, flat = np.zeros((2, 3), np.int64), np.array([1, 2]), np.zeros(3, np.int32)
+    K.mask(lens, ids.copy()); K.compact(ids, lens, flat); K.compact(ids, lens, flat.astype(np.int64))
+    for dt in (np.uint16, np.int32, np.int64): K.expand(flat.astype(dt), lens, 0, ids)
 
-# %% ../nbs/06_tokenizers.ipynb #37b3713b
+# %% ../nbs/06_tokenizers.ipynb #374fc058
 class _ColumnMap:
     "Per-column token id (-1: unknown) and median for one gene list; an aggregation matrix when ids repeat."
     def __init__(self, gene_ids, td: TokenDictionary, medians: dict):
         genes = np.asarray(gene_ids).astype(str)
         self.genes = genes
         tok = td.lookup(genes)
-        med = np.array([medians.get(g, np.nan) for g in genes.tolist()], np.float64)
+        med = np.fromiter(map(medians.get, genes.tolist(), itertools.repeat(np.nan)), np.float64, len(genes))
         ok = (tok >= 0) & np.isfinite(med) & (med > 0)
         tok[~ok] = -1
         self.n_unknown = int((~ok).sum())
@@ -646,6 +695,7 @@ class _ColumnMap:
         else: self.tok, self.med = tok, med
         with np.errstate(divide='ignore', invalid='ignore'): self.inv = np.where(self.tok >= 0, 1.0 / self.med, 0.0)
         self.known = (self.tok >= 0).astype(np.uint8)
+        self.all_known = bool(self.known.all())
 
     def matches(self, gene_ids) -> bool:
         return len(gene_ids) == len(self.genes) and bool((np.asarray(gene_ids).astype(str) == self.genes).all())
@@ -749,7 +799,7 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #c1f1e3aa
+# %% ../nbs/06_tokenizers.ipynb #e6d03704
 def _as_csr(X) -> sp.csr_matrix:
     "X as CSR without copying when it already is (re-wrapping a CSR whose arrays are views makes scipy copy them)."
     return X if isinstance(X, (sp.csr_matrix, getattr(sp, 'csr_array', sp.csr_matrix))) else sp.csr_matrix(X)
@@ -790,7 +840,8 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
         t_in = np.asarray(tot, np.float64) if has_tot else np.zeros(0)
         if has_tot and len(t_in) != m: raise TokenizerError(f"totals: {len(t_in)} values for {m} cells ({where})")
         t, sc, cnt = np.empty(m), np.empty(m), np.empty(m, np.int64)
-        _pmap(lambda a: K.scan(ip, A.indices, f64(A.data), t_in, has_tot, cm.known, self.target_sum, a[1][0], a[1][1], t, sc, cnt, flags[a[0]]),
+        _pmap(lambda a: K.scan(ip, A.indices, f64(A.data), t_in, has_tot, cm.known, cm.all_known, self.target_sum, a[1][0], a[1][1],
+                               t, sc, cnt, flags[a[0]]),
               list(enumerate(_splits(m, T))), T)
         return ip, t, sc, cnt
 
@@ -812,7 +863,7 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
             G, tn, xd = Xn.shape[1], np.asarray(tn, np.float64), f64(Xn.data)
             _pmap(lambda a: K.keys_nb(Mp, M.indices, Mw, Xp, Xn.indices, xd, tn, t, cm.tok, cm.inv, self.target_sum, a[0], a[1],
                                       nstart, nkeys, cnt1, nt, empty, _scratch('acc', G, np.float64, zero=True),
-                                      _scratch('mark', G, np.uint8, zero=True), _scratch('vbuf', G + 1, np.float64)),
+                                      _scratch('mark', G, np.uint8, zero=True)),
                   _balanced(np.diff(nstart), T), T)
             isolated = int((empty & (t > 0)).sum())
             long1, lstart1 = nkeys, nstart[:-1]                # rows to truncate are sorted where they are
@@ -830,7 +881,7 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
     w = int(total.max()) if n else 0
     zero = t <= 0
     total[zero] = 0
-    if ragged: base = np.zeros(n, np.int64); np.cumsum(total[:-1], out=base[1:]); out = np.empty(int(total.sum()), np.int64)
+    if ragged: base = np.zeros(n, np.int64); np.cumsum(total[:-1], out=base[1:]); out = _OUT.array(int(total.sum()), np.int64)
     else: base = np.arange(n, dtype=np.int64) * w; out = _OUT.array((n, w), np.int64)
     flat = out.reshape(-1)
     dst0, dst1 = base + off0, base + off1
@@ -846,16 +897,14 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
     segs0 = list(zip(cnt0.tolist(), np.where(cnt0 > cap, lstart0, dst0).tolist(), (cnt0 > cap).tolist()))
     segs1 = list(zip(cnt1.tolist(), np.where(cnt1 > cap, lstart1, dst1).tolist(), (cnt1 > cap).tolist()))
     cls_id, eos_id = (self.td.cls_id, self.td.eos_id) if self.special_tokens else (0, 0)
-    vlen = max(int(np.diff(ip0).max(initial=0)), int(np.diff(N.indptr).max(initial=0)) if N is not None else 0) + 1
     tok, inv, xdata = cm.tok, cm.inv, f64(X.data)
     ndata = f64(N.data) if N is not None else None
 
     def work(rng):
-        vbuf = _scratch('vbuf', vlen, np.float64)
         for a in range(rng[0], rng[1], _SLAB):
             b = min(a + _SLAB, rng[1])
-            K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, cap, flat, dst0, long0, lstart0, kept0, vbuf)
-            if N is not None: K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, cap, flat, dst1, long1, lstart1, kept1, vbuf)
+            K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, cap, flat, dst0, long0, lstart0, kept0)
+            if N is not None: K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, cap, flat, dst1, long1, lstart1, kept1)
             elif nbrs is not None: K.copy_keys(nkeys, nstart, cnt1, cap, a, b, flat, dst1)
             for segs, lng in ((segs0, long0), (segs1, long1)):
                 for c, s, is_long in segs[a:b]:
@@ -1122,7 +1171,7 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
 
-# %% ../nbs/06_tokenizers.ipynb #38bcf532
+# %% ../nbs/06_tokenizers.ipynb #e9cf13a4
 def _read_elem(node):
     "An obsp/obsm element of an open h5ad: CSR/CSC groups and plain arrays with h5py (fast), anything else through anndata."
     import h5py
@@ -1199,16 +1248,16 @@ class _Source:
             key_sums = self.totals(nbrs, Xn)
         return M, Xn, key_sums
 
-    def tokenize(self, rows: np.ndarray, X: sp.csr_matrix|None=None) -> tuple[np.ndarray, np.ndarray]:
-        "Padded token ids and lengths of global `rows` (X: their counts when already read)."
+    def tokenize(self, rows: np.ndarray, X: sp.csr_matrix|None=None, ragged: bool=False) -> tuple[np.ndarray, np.ndarray]:
+        "Padded token ids and lengths of global `rows` (X: their counts when already read); `ragged`: see `_tokenize`."
         rows = np.asarray(rows, np.int64)
         if X is None:
             o = np.argsort(rows, kind='stable'); X = self.reader.read(rows[o]).X[np.argsort(o)]
         tok, where = self.tok, self.reader.paths[0] if len(self.reader.paths) == 1 else f"{len(self.reader.paths)} files"
         if not tok.stformer_compat:                           # totals: the obs column, else computed with the tokens
             t = None if tok.total_key is None else self.totals(rows, X)
-            if tok.mode == 'spot': return tok.tokenize_block_padded(X, self.reader.var_names, t, where=where)
-            return tok.tokenize_block_padded(X, self.reader.var_names, t, where=where, neighbor_rows=self.neighbor_inputs(rows))
+            nb = self.neighbor_inputs(rows) if tok.mode == 'neighborhood' else None
+            return tok._tokenize(X, self.reader.var_names, t, where=where, neighbor_rows=nb, ragged=ragged)
         t = self.totals(rows, X)
         fid = np.searchsorted(self.reader.offsets, rows, side='right') - 1      # stFormer: per-file raw flag
         out = []
@@ -1358,38 +1407,45 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #99b9acff
-_COMPACT = None
-def _compact_cls():
-    "The torch.Tensor subclass whose pickled form is a rebuild recipe (created on first use: torch is imported lazily)."
-    global _COMPACT
-    if _COMPACT is None:
-        import torch
-        class _CompactTokens(torch.Tensor):
-            "A tensor that pickles as `self._rebuild` (compact arrays) and unpickles as a plain tensor."
-            __torch_function__ = torch._C._disabled_torch_function_impl      # operations on it give plain tensors
-            def __reduce_ex__(self, protocol): return self._rebuild
-        _COMPACT = _CompactTokens
-    return _COMPACT
+# %% ../nbs/06_tokenizers.ipynb #4d38e752
+class _OnArrival:
+    "A batch entry built only where it is unpickled: `fn(*args)` (sent from a loader worker to the main process)."
+    def __init__(self, fn, args): self.fn, self.args = fn, args
+    def __reduce__(self): return self.fn, self.args
+    def __repr__(self): return f"_OnArrival({self.fn.__name__}): built in the main process"
 
-def _compact(t, rebuild: tuple):
-    "Tensor t, pickled as rebuild = (function, args)."
+def _in_loader_worker() -> bool:
+    "True inside a `make_dataloader` (AnnDataLoader) worker, whose batches go to the main process before `after_dense`."
     import torch
-    c = torch.Tensor._make_subclass(_compact_cls(), t)
-    c._rebuild = rebuild
-    return c
+    wi = torch.utils.data.get_worker_info()
+    if wi is None: return False
+    from spatial_dl import loaders
+    fs = getattr(loaders, '_FetchStream', None)
+    return fs is not None and isinstance(wi.dataset, fs)
+
+def _attention_mask(lens: np.ndarray, w: int) -> np.ndarray:
+    "The int64 attention mask (n × w) of rows of the given lengths (a reusable buffer)."
+    m, K = _OUT.array((len(lens), w), np.int64), _numba_fill()
+    if K is not None: K.mask(np.asarray(lens, np.int64), m)
+    else: np.less(np.arange(w)[None, :], np.asarray(lens)[:, None], out=m, casting='unsafe')
+    return m
+
+def _padded(flat: np.ndarray, lens: np.ndarray, w: int, pad_id: int) -> np.ndarray:
+    "Padded int64 ids (n × w, a reusable buffer) from the row-major unpadded ids and the lengths."
+    ids, K = _OUT.array((len(lens), w), np.int64), _numba_fill()
+    if K is not None: K.expand(flat, np.asarray(lens, np.int64), pad_id, ids)
+    else: ids[:] = pad_id; ids[np.arange(w)[None, :] < np.asarray(lens)[:, None]] = flat
+    return ids
 
 def _rebuild_ids(flat: np.ndarray, lens: np.ndarray, w: int, pad_id: int):
-    "Padded int64 ids (n × w) from the row-major unpadded ids and the lengths."
+    "The input_ids tensor, rebuilt in the main process."
     import torch
-    ids = np.full((len(lens), w), pad_id, np.int64)
-    ids[np.arange(w)[None, :] < lens[:, None]] = flat
-    return torch.from_numpy(ids)
+    return torch.from_numpy(_padded(flat, lens, w, pad_id))
 
 def _rebuild_mask(lens: np.ndarray, w: int):
     "The int64 attention mask (n × w) of rows of the given lengths."
     import torch
-    return torch.from_numpy((np.arange(w)[None, :] < lens[:, None]).astype(np.int64))
+    return torch.from_numpy(_attention_mask(lens, w))
 
 class TokenizeTransform:
     "Loader hook (`before_dense`): raw CSR batch → padded `input_ids`, `attention_mask`, `length` (torch tensors)."
@@ -1410,27 +1466,38 @@ class TokenizeTransform:
         if self._src is None or self._src.reader is not self.reader: self._src = _Source(self.tok, self.reader)
         X = batch.pop('X')
         rows = batch.get('index')
+        on_arrival = _in_loader_worker()                      # then the ids only need to be unpadded
         if rows is None:
             if self.tok.mode == 'neighborhood' or self.tok.stformer_compat:
                 raise TokenizerError("batch has no 'index': neighbourhood/stFormer modes need global row ids")
-            ids, lens = self.tok.tokenize_block_padded(X, self.reader.var_names, where='batch')
-        else: ids, lens = self._src.tokenize(np.asarray(rows), _as_csr(X))
+            ids, lens = self.tok._tokenize(X, self.reader.var_names, where='batch', ragged=on_arrival)
+        else: ids, lens = self._src.tokenize(np.asarray(rows), _as_csr(X), ragged=on_arrival)
         n = len(lens)
         if self.drop_zero and (lens == 0).any():
             keep = lens > 0
-            ids, lens = ids[keep], lens[keep]
+            if ids.ndim == 2: ids = ids[keep]                 # (flat ids hold nothing for zero cells)
+            lens = lens[keep]
             for k, v in list(batch.items()):
                 if hasattr(v, '__len__') and not isinstance(v, (str, bytes)) and len(v) == n: batch[k] = v[keep]
-        w = ids.shape[1] if self.pad_to is None else self.pad_to
-        if ids.shape[1] > w: raise TokenizerError(f"pad_to={self.pad_to} is shorter than a sequence of {ids.shape[1]} tokens")
-        if ids.shape[1] < w: ids = np.pad(ids, ((0, 0), (0, w - ids.shape[1])), constant_values=self.tok.td.pad_id)
-        valid = np.arange(w)[None, :] < lens[:, None]           # numpy, not torch: no intra-op threads here
-        batch['input_ids'], batch['attention_mask'] = torch.from_numpy(ids), torch.from_numpy(valid.astype(np.int64))
+        lens = np.ascontiguousarray(lens, np.int64)
+        longest = ids.shape[1] if ids.ndim == 2 else int(lens.max(initial=0))
+        w = longest if self.pad_to is None else self.pad_to
+        if longest > w: raise TokenizerError(f"pad_to={self.pad_to} is shorter than a sequence of {longest} tokens")
+        if on_arrival:                                         # sent compactly, built in the main process
+            K = _numba_fill()
+            if ids.ndim == 2:
+                if K is not None: flat = np.empty(int(lens.sum()), np.int64); K.compact(np.ascontiguousarray(ids), lens, flat)
+                else: flat = ids[np.arange(ids.shape[1])[None, :] < lens[:, None]]
+            else: flat = ids
+            flat = flat.astype(np.uint16 if len(self.tok.td) <= 1 << 16 else np.int32)
+            batch['input_ids'] = _OnArrival(_rebuild_ids, (flat, lens, w, self.tok.td.pad_id))
+            batch['attention_mask'] = _OnArrival(_rebuild_mask, (lens, w))
+        else:
+            if ids.ndim == 1: ids = _padded(ids, lens, w, self.tok.td.pad_id)
+            elif ids.shape[1] < w: ids = np.pad(ids, ((0, 0), (0, w - ids.shape[1])), constant_values=self.tok.td.pad_id)
+            batch['input_ids'] = torch.from_numpy(ids)
+            batch['attention_mask'] = torch.from_numpy(_attention_mask(lens, w))   # not torch ops: no intra-op threads here
         batch['length'] = torch.from_numpy(lens)
-        if torch.utils.data.get_worker_info() is not None:      # crossing to the main process: pickle compactly
-            flat = ids[valid].astype(np.int32 if self.tok.td.__len__() < 2**31 else np.int64)
-            batch['input_ids'] = _compact(batch['input_ids'], (_rebuild_ids, (flat, lens, w, self.tok.td.pad_id)))
-            batch['attention_mask'] = _compact(batch['attention_mask'], (_rebuild_mask, (lens, w)))
         return batch
 
 # %% ../nbs/06_tokenizers.ipynb #8993c2eb

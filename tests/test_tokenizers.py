@@ -176,6 +176,46 @@ def test_neighborhood_on_hex_grid_with_known_neighbours():
         assert got[i].tolist() == spot + neigh
 
 
+@pytest.mark.skipif(T._numba_fill() is None, reason='numba is not installed')
+@pytest.mark.parametrize('mode,special,L,threads', [('spot', False, 2048, 1), ('spot', True, 20, 2), ('neighborhood', False, 25, 2),
+                                                    ('neighborhood', True, 2048, 1), ('neighborhood', False, 2048, 2)])
+def test_compiled_kernels_equal_numpy_steps(slides, vocab, monkeypatch, mode, special, L, threads):
+    "Same ids and lengths from the compiled kernels (1 or 2 threads, padded or ragged) as from the numpy steps, ties and truncation included."
+    td, med = vocab
+    a = ad.read_h5ad(slides[0])
+    X = sp.csr_matrix(sp.diags((np.arange(a.n_obs) != 3).astype(np.float32)) @ a.X); X.eliminate_zeros()   # spot 3: zero counts
+    a.X = X
+    A = spatial_graph(a.obsm['spatial']); t = np.asarray(X.sum(1), np.float64).ravel()
+    def run():
+        tok = RankValueTokenizer(td, med, L, mode=mode, special_tokens=special, num_threads=threads)
+        nb = dict(neighbor_rows=(A, X, t)) if mode == 'neighborhood' else {}
+        padded = tok.tokenize_block_padded(X, a.var_names, **nb)
+        given = tok.tokenize_block_padded(X, a.var_names, neighbor_X=A @ X, neighbor_totals=A @ t) if mode == 'neighborhood' else padded
+        return padded, given, [x.tolist() for x in tok.tokenize_adata(a)], dict(tok.stats)
+    fast = run()
+    monkeypatch.setattr(T, '_NUMBA', False)
+    slow = run()
+    for (i1, l1), (i2, l2) in [(fast[0], slow[0]), (fast[1], slow[1]), (fast[0], fast[1])]:
+        assert np.array_equal(l1, l2) and np.array_equal(i1, i2)
+    assert fast[2] == slow[2] and fast[3] == slow[3]
+    assert fast[2][3] == [] and all(len(x) for i, x in enumerate(fast[2]) if i != 3)
+
+
+def test_array_pool_reuses_only_unreferenced_buffers():
+    pool = T._ArrayPool(max_bytes=1 << 20, max_buffers=4)
+    a = pool.array((10, 10), np.int64); a[:] = 7
+    b = pool.array((10, 10), np.int64); b[:] = 8
+    assert not np.shares_memory(a, b) and (a == 7).all()              # a is still referenced: not handed out again
+    addr = a.__array_interface__['data'][0]
+    view = a[2:]
+    del a
+    assert not np.shares_memory(pool.array((10, 10), np.int64), view)  # a view of it is alive: still not reused
+    del view
+    assert pool.array((10, 10), np.int64).__array_interface__['data'][0] == addr   # nothing refers to it any more: reused
+    big = pool.array((1 << 18,), np.int64)                             # over max_bytes: a plain allocation
+    assert big.base is None and big.nbytes == 1 << 21
+
+
 @pytest.mark.parametrize('method,kw', [('delaunay', {}), ('knn', {'n_neighbors': 3}), ('radius', {'radius': 1.5})])
 def test_spatial_graphs_are_symmetric_without_self_loops(method, kw):
     xy = np.random.default_rng(0).random((60, 2)) * 6
@@ -236,6 +276,7 @@ def test_stformer_delaunay_counts_shared_edges_twice():
 # ------------------------------------------------------------------------------------------------ on disk / on the fly
 @pytest.mark.parametrize('mode', ['spot', 'neighborhood'])
 def test_on_disk_equals_on_the_fly_across_ranks_and_workers(tmp_path, slides, vocab, mode):
+    import torch
     from datasets import load_from_disk
     from spatial_dl.loaders import AnnDataset, make_dataloader
     td, med = vocab
@@ -250,12 +291,15 @@ def test_on_disk_equals_on_the_fly_across_ranks_and_workers(tmp_path, slides, vo
         reader = H5adCollection(slides)
         dset = AnnDataset(reader, batch_size=32, strategy='random', seed=3, rank=rank, world_size=2,
                           before_dense=TokenizeTransform(tok, reader))
-        for b in make_dataloader(dset, num_workers=2):
+        for b in make_dataloader(dset, num_workers=2 if rank == 0 else 0):
             for g, ids, l in zip(b['index'].tolist(), b['input_ids'], b['length'].tolist()):
                 f = int(np.searchsorted(reader.offsets, g, side='right') - 1)
                 assert ids[:l].tolist() == disk[(f, g - int(reader.offsets[f]))]
                 assert (ids[l:] == td.pad_id).all()
                 seen.append(g)
+            assert b['input_ids'].dtype == b['attention_mask'].dtype == torch.int64 and b['input_ids'].shape == b['attention_mask'].shape
+            assert (b['attention_mask'] == (torch.arange(b['input_ids'].shape[1])[None] < b['length'][:, None])).all()
+            assert b['input_ids'].shape[1] == int(b['length'].max())
     assert sorted(seen) == list(range(288))
 
 
