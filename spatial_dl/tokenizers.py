@@ -412,23 +412,27 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #b0dd0ae6
+# %% ../nbs/06_tokenizers.ipynb #6464ea20
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
-_GROUP_ROWS = 128             # rows sorted together (grouped by length)
+
+def _row_stats_py(data, a, b):
+    "Sum, sum of fractional parts (NaN/inf propagate), any negative, number of positives of data[a:b] (branch-free, vectorisable)."
+    s = 0.0; fr = 0.0; neg = False; npos = 0
+    for p in range(a, b):
+        d = np.float64(data[p])
+        s += d
+        fr += d - np.floor(d)
+        neg |= d < 0
+        npos += d > 0
+    return s, fr, neg, npos
 
 def _scan_py(indptr, indices, data, totals, has_totals, known, all_known, target_sum, r0, r1, t_out, sc_out, cnt, flags):
     """Rows r0..r1: total (row sum unless given), scale target_sum/total (0 unless total > 0), number of positive entries
     of known genes (0 when the scale is 0), and the counts check (flags: rows with non-finite, negative, non-integer values).
-    Branch-free sums (compiled with reassociation, so they vectorise); `all_known`: every column is a known gene."""
+    `all_known`: every column is a known gene."""
     for i in range(r0, r1):
         a, b = indptr[i], indptr[i + 1]
-        s = 0.0; fr = 0.0; neg = False; npos = 0
-        for p in range(a, b):
-            d = np.float64(data[p])
-            s += d
-            fr += d - np.floor(d)                 # fractional parts (NaN/inf propagate)
-            neg |= d < 0
-            npos += d > 0
+        s, fr, neg, npos = _row_stats(data, a, b)
         if all_known: k = npos
         else:
             k = 0
@@ -439,6 +443,33 @@ def _scan_py(indptr, indices, data, totals, has_totals, known, all_known, target
         if not (np.isfinite(s) and np.isfinite(fr)): flags[0] += 1
         elif neg: flags[1] += 1
         elif fr != 0: flags[2] += 1
+
+def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, target_sum, r0, r1, cnt, cap, dest, dstart,
+                   longbuf, lstart, kept, t_out, ok, flags):
+    """`_scan_py` and `_keys_into_py` in one pass per row (its values still in cache), for blocks whose columns are all known
+    genes: the layout assumed every stored value positive (cnt = stored values); a row where that fails gets ok = False."""
+    for i in range(r0, r1):
+        a, b = indptr[i], indptr[i + 1]
+        s, fr, neg, npos = _row_stats(data, a, b)
+        t = totals[i] if has_totals else s
+        sc = target_sum / t if t > 0 else 0.0
+        t_out[i] = t
+        if not (np.isfinite(s) and np.isfinite(fr)): flags[0] += 1
+        elif neg: flags[1] += 1
+        elif fr != 0: flags[2] += 1
+        k = 0
+        if (npos if sc > 0 else 0) != cnt[i]: ok[i] = False
+        elif cnt[i] > 0:
+            buf = dest if cnt[i] <= cap else longbuf
+            o = dstart[i] if cnt[i] <= cap else lstart[i]
+            for p in range(a, b):
+                c = indices[p]; tk = tok_of[c]
+                if tk < 0: continue
+                v = data[p] * sc
+                v = v * inv_of[c]
+                if v > 0:
+                    buf[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tk; k += 1
+        kept[i] = k
 
 def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, cap, dest, dstart, longbuf, lstart, kept):
     """Rows r0..r1: keys (2**42-1 - value_key) << 21 | token of the kept entries, at dest[dstart[i]:] (the row's place in
@@ -552,6 +583,8 @@ def _row_sums_py(indptr, data, out, flags):
         out[i] = s
     flags[0] += nonfin; flags[1] += neg; flags[2] += frac
 
+_row_stats = _row_stats_py   # compiled (with reassociated sums) together with the kernels
+
 def _f64_bits(x):
     "The bits of float64 x as an int64 (replaced by a numba bit-cast intrinsic before the kernels compile)."
     return int(np.float64(x).view(np.int64))
@@ -580,7 +613,8 @@ def _numba_fill():
                 cache = os.path.isfile(inspect.getsourcefile(_scan_py) or '')    # cached on disk when defined in a file
                 jit = lambda f: numba.njit(nogil=True, cache=cache)(f)
                 globals()['_f64_bits'] = _bitcast_intrinsic()
-                _NUMBA = types.SimpleNamespace(scan=numba.njit(nogil=True, cache=cache, fastmath={'reassoc'})(_scan_py), keys_into=jit(_keys_into_py), keys_nb=jit(_keys_nb_py),
+                globals()['_row_stats'] = numba.njit(nogil=True, cache=cache, fastmath={'reassoc'})(_row_stats_py)  # sums only
+                _NUMBA = types.SimpleNamespace(scan=jit(_scan_py), keys_fused=jit(_keys_fused_py), keys_into=jit(_keys_into_py), keys_nb=jit(_keys_nb_py),
                                                copy_keys=jit(_copy_keys_py), finish=jit(_finish_py), row_sums=jit(_row_sums_py),
                                                mask=jit(_mask_py), compact=jit(_compact_py), expand=jit(_expand_py))
             except ImportError: pass
@@ -665,7 +699,9 @@ def _warm_numba():
         tok = RankValueTokenizer(td, {'a': 1., 'b': 2.}, 2, mode='neighborhood', num_threads=1)
         cm = tok.column_map(['a', 'b'])
         A = sp.csr_matrix(np.array([[0, 1], [1, 0]], np.float32))
+        spot = RankValueTokenizer(td, {'a': 1., 'b': 2.}, 2, num_threads=1)
         for totals in (None, np.ones(2)):
+            _tokenize_fast(spot, X, spot.column_map(['a', 'b']), totals, None, None, None, 'warm-up')
             _tokenize_fast(tok, X, cm, totals, None, None, (A, X, np.ones(2)), 'warm-up')
             _tokenize_fast(tok, X, cm, totals, X, None, None, 'warm-up')
         _row_sums_fast(X)
@@ -700,7 +736,7 @@ class _ColumnMap:
     def matches(self, gene_ids) -> bool:
         return len(gene_ids) == len(self.genes) and bool((np.asarray(gene_ids).astype(str) == self.genes).all())
 
-# %% ../nbs/06_tokenizers.ipynb #320879e9
+# %% ../nbs/06_tokenizers.ipynb #6e8ded44
 def _as_token_dict(td) -> TokenDictionary:
     if isinstance(td, TokenDictionary): return td
     if isinstance(td, (str, os.PathLike)): return TokenDictionary.load(td)
@@ -752,6 +788,7 @@ class RankValueTokenizer:
         self.target_sum, self.gene_key, self.total_key = float(target_sum), gene_key, total_key
         self.n_neighbors, self.radius, self.graph_key, self.coord_key = n_neighbors, radius, graph_key, coord_key
         self.allow_normalized = allow_normalized
+        if mode == 'neighborhood': import scipy.spatial        # needed for the graphs: imported now, not at the first block
         self._cmap = self._cmap_src = None
         self.stats = dict(cells=0, zero_cells=0, unknown_genes=0, isolated_spots=0, tokens=0)
 
@@ -799,7 +836,7 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #e6d03704
+# %% ../nbs/06_tokenizers.ipynb #2ff58c4e
 def _as_csr(X) -> sp.csr_matrix:
     "X as CSR without copying when it already is (re-wrapping a CSR whose arrays are views makes scipy copy them)."
     return X if isinstance(X, (sp.csr_matrix, getattr(sp, 'csr_array', sp.csr_matrix))) else sp.csr_matrix(X)
@@ -816,7 +853,7 @@ def _balanced(weights: np.ndarray, k: int) -> list:
     return [(int(b[i]), int(b[i + 1])) for i in range(k) if b[i + 1] > b[i]]
 
 def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals, neighbor_X, neighbor_totals, nbrs, where: str,
-                   ragged: bool=False):
+                   ragged: bool=False, speculate: bool=True):
     """Padded ids and lengths of block X through the compiled kernels (see above). Neighbour part from `nbrs` = (M, Xn, tn):
     rows of M weight the rows of Xn (totals tn), summed on the fly; or from precomputed `neighbor_X` (and `neighbor_totals`).
     `ragged`: instead of the padded array, the flat ids of all rows one after the other (and the lengths)."""
@@ -846,8 +883,17 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
         return ip, t, sc, cnt
 
     flags = np.zeros((T, 3), np.int64)
-    ip0, t, sc0, cnt0 = scan(X, totals, has_t, flags)
-    if flags.any(): _check_values(X.data, where, self.allow_normalized)       # raises the usual error (or accepts normalised)
+    speculate = speculate and self.mode == 'spot' and cm.all_known
+    if speculate:          # every column known: counts = stored values if all are positive (checked while keying), no scan
+        ip0 = X.indptr.astype(np.int64, copy=False)
+        t_in = np.asarray(totals, np.float64) if has_t else np.zeros(0)
+        if has_t and len(t_in) != n: raise TokenizerError(f"totals: {len(t_in)} values for {n} cells ({where})")
+        cnt0 = np.diff(ip0)
+        if has_t: cnt0 = np.where(t_in > 0, cnt0, 0)
+        t, ok = (t_in.copy() if has_t else np.where(cnt0 > 0, 1.0, 0.0)), np.ones(n, np.bool_)   # t: only its sign matters here
+    else:
+        ip0, t, sc0, cnt0 = scan(X, totals, has_t, flags)
+        if flags.any(): _check_values(X.data, where, self.allow_normalized)   # raises the usual error (or accepts normalised)
     none = np.zeros(n, np.int64)
     cnt1, isolated, nb, N = none, 0, None, None
     if self.mode == 'neighborhood':
@@ -900,10 +946,14 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
     tok, inv, xdata = cm.tok, cm.inv, f64(X.data)
     ndata = f64(N.data) if N is not None else None
 
-    def work(rng):
+    t_out = np.empty(n)
+    def work(arg):
+        th, rng = arg
         for a in range(rng[0], rng[1], _SLAB):
             b = min(a + _SLAB, rng[1])
-            K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, cap, flat, dst0, long0, lstart0, kept0)
+            if speculate: K.keys_fused(ip0, X.indices, xdata, t_in, has_t, tok, inv, self.target_sum, a, b, cnt0, cap, flat, dst0,
+                                       long0, lstart0, kept0, t_out, ok, flags[th])
+            else: K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, cap, flat, dst0, long0, lstart0, kept0)
             if N is not None: K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, cap, flat, dst1, long1, lstart1, kept1)
             elif nbrs is not None: K.copy_keys(nkeys, nstart, cnt1, cap, a, b, flat, dst1)
             for segs, lng in ((segs0, long0), (segs1, long1)):
@@ -911,7 +961,11 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
                     if c > 1: (lng if is_long else flat)[s:s + c].sort()   # numpy's SIMD sort of int64 keys (GIL released)
             K.finish(flat, base, total, -1 if ragged else w, self.special_tokens, cls_id, eos_id, self.td.pad_id, mask, a, b,
                      off0, len0, cnt0, long0, lstart0, off1, len1, cnt1, long1, lstart1)
-    _pmap(work, _balanced(cnt0 + cnt1 + 1, T), T)
+    _pmap(work, list(enumerate(_balanced(cnt0 + cnt1 + 1, T))), T)
+    if speculate:
+        if flags.any(): _check_values(X.data, where, self.allow_normalized)   # raises the usual error (or accepts normalised)
+        if not ok.all():                                       # a stored zero, negative or zero total: the scanning path
+            return _tokenize_fast(self, X0, cm, totals0, neighbor_X, neighbor_totals, nbrs, where, ragged, speculate=False)
     if not np.array_equal(kept0, cnt0) or (N is not None and not np.array_equal(kept1, cnt1)):   # a value underflowed to 0
         ids, lens = _tokenize_numpy(self, X0, cm, totals0, neighbor_X, neighbor_totals, nbrs, where)
         return (ids[np.arange(ids.shape[1])[None, :] < lens[:, None]], lens) if ragged else (ids, lens)
@@ -1007,7 +1061,7 @@ def tokenize_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_
 RankValueTokenizer._frame, RankValueTokenizer.tokenize_block_padded, RankValueTokenizer.tokenize_block = _frame, tokenize_block_padded, tokenize_block
 RankValueTokenizer._tokenize = _tokenize
 
-# %% ../nbs/06_tokenizers.ipynb #c0594172
+# %% ../nbs/06_tokenizers.ipynb #9746456f
 def spatial_graph(coords, # n × 2 (or 3) coordinates
                   method: str='delaunay', # 'delaunay', 'knn' or 'radius'
                   n_neighbors: int=6, # k for 'knn'
@@ -1042,11 +1096,12 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
             if radius is None or radius <= 0: raise TokenizerError(f"radius: expected a positive distance, got {radius!r}")
             pr = tree.query_pairs(radius, output_type='ndarray')
             src, dst = np.r_[pr[:, 0], pr[:, 1]], np.r_[pr[:, 1], pr[:, 0]]
-    A = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(n, n))
-    A.data[:] = 1; A.setdiag(0); A.eliminate_zeros()
+    keep = src != dst                                     # no self loops; duplicate pairs counted once (weight 1)
+    A = sp.coo_matrix((np.ones(int(keep.sum()), np.float32), (src[keep], dst[keep])), shape=(n, n)).tocsr()
+    A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #e66341d8
+# %% ../nbs/06_tokenizers.ipynb #7fb546c0
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str) -> sp.csr_matrix:
     "The neighbour graph of one file/AnnData: obsp[graph_key] if present, else built from obsm[coord_key]."
     A = obsp.get(self.graph_key) if obsp is not None else None
@@ -1085,7 +1140,8 @@ def tokenize_adata(self: RankValueTokenizer,
         t = _row_sums(X) if totals is None else np.asarray(totals)
         k = np.flatnonzero(t.astype(int) > 0)             # stFormer drops zero-count spots from the graph too
         return self.tokenize_block(X, gene_ids, t, neighbor_X=A[:, k] @ X[k], where=where)
-    t = _row_sums(X) if totals is None else np.asarray(totals, np.float64)
+    t = (_row_sums_fast(X)[0] if _numba_fill() is not None and X.dtype in (np.float32, np.float64) else _row_sums(X)) \
+        if totals is None else np.asarray(totals, np.float64)
     A = sp.csr_matrix(A)
     return [ids for a in range(0, X.shape[0], _ADATA_ROWS)
             for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids, t[a:a + _ADATA_ROWS], where=where,

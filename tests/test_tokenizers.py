@@ -201,6 +201,30 @@ def test_compiled_kernels_equal_numpy_steps(slides, vocab, monkeypatch, mode, sp
     assert fast[2][3] == [] and all(len(x) for i, x in enumerate(fast[2]) if i != 3)
 
 
+@pytest.mark.skipif(T._numba_fill() is None, reason='numba is not installed')
+def test_all_known_genes_fast_path_and_its_fallbacks(monkeypatch):
+    "Spot blocks whose genes are all known skip the scan; stored zeros, zero totals and bad values still give the numpy steps' answer."
+    rng = np.random.default_rng(5)
+    genes = [f"g{j}" for j in range(300)]
+    med = {g: float(rng.integers(1, 5)) for g in genes}
+    td = TokenDictionary.build(rng.permutation(genes))
+    X = sp.random(400, 300, density=0.3, format='csr', random_state=6, data_rvs=lambda k: rng.integers(1, 6, k)).astype(np.float32)
+    Xz = X.copy(); Xz.data[5] = 0                                       # an explicitly stored zero
+    tot = np.asarray(X.sum(1)).ravel(); tot[7] = 0                       # a given zero total
+    cases = [(X, None), (Xz, None), (X, tot)]
+    def run():
+        tok = RankValueTokenizer(td, med, 64, special_tokens=False, num_threads=2)
+        return [tok.tokenize_block_padded(A, genes, t) for A, t in cases], dict(tok.stats)
+    fast, fs = run()
+    monkeypatch.setattr(T, '_NUMBA', False)
+    slow, ss = run()
+    for (a, la), (b, lb) in zip(fast, slow): assert np.array_equal(la, lb) and np.array_equal(a, b)
+    assert fs == ss and fast[2][1][7] == 0
+    monkeypatch.setattr(T, '_NUMBA', None)
+    with pytest.raises(TokenizerError, match='non-integer'):
+        RankValueTokenizer(td, med, 64).tokenize_block_padded(X * 0.5, genes)
+
+
 def test_array_pool_reuses_only_unreferenced_buffers():
     pool = T._ArrayPool(max_bytes=1 << 20, max_buffers=4)
     a = pool.array((10, 10), np.int64); a[:] = 7
