@@ -412,7 +412,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #6464ea20
+# %% ../nbs/06_tokenizers.ipynb #393d90e9
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 
 def _row_stats_py(data, a, b):
@@ -622,8 +622,9 @@ def _numba_fill():
 
 class _ArrayPool:
     """Reusable output arrays: a buffer is handed out again only once nothing references it any more (its refcount), so
-    returned arrays stay valid as long as they are used; at most `max_bytes` are pooled, beyond that plain allocations."""
-    def __init__(self, max_bytes: int=256 << 20, max_buffers: int=64):
+    returned arrays stay valid as long as they are used; at most `max_bytes` are pooled, beyond that plain allocations.
+    The default holds what a DataLoader keeps in flight (a few fetches of 16 token batches); `clear()` drops free buffers."""
+    def __init__(self, max_bytes: int=512 << 20, max_buffers: int=128):
         self.max_bytes, self.max_buffers, self._bufs, self._lock = max_bytes, max_buffers, [], threading.Lock()
 
     def array(self, shape, dtype) -> np.ndarray:
@@ -644,6 +645,10 @@ class _ArrayPool:
                 if len(self._bufs) >= self.max_buffers or pooled + n > self.max_bytes: return np.empty(shape, dtype)
                 self._bufs.append(np.empty(n, np.uint8)); best = len(self._bufs) - 1
             return self._bufs[best][:n].view(dtype).reshape(shape)
+
+    def clear(self):
+        "Drop the buffers nothing references any more (their memory goes back to the allocator)."
+        with self._lock: self._bufs = [b for b in self._bufs if sys.getrefcount(b) > 3]
 
 _OUT = _ArrayPool()
 _LOCAL = threading.local()
