@@ -204,7 +204,7 @@ class _MedianRefiner:
         med = _sorted_medians(g, v, G, self.base, self.cnt)
         return {gene: float(m) for gene, m in zip(self.acc.genes, med) if not np.isnan(m)}
 
-# %% ../nbs/06_tokenizers.ipynb #3590c6c1
+# %% ../nbs/06_tokenizers.ipynb #cef72b8b
 def _file_medians(path, gene_key, total_key, chunk_size, method, bins_per_decade, target_sum, allow_normalized, progress, refiner=None):
     "A MedianAccumulator (or, given a refiner, the refiner's second pass) over one file, read in row chunks."
     coll = H5adCollection([path], var_key=gene_key)
@@ -226,11 +226,19 @@ def _nnz(path) -> int:
         x = f['X']
         return int(x['data'].shape[0]) if isinstance(x, h5py.Group) else int(np.prod(x.shape))
 
+def _process_imap(fn, jobs, num_workers: int, initializer=None):
+    """`fn(*job)` for each job, in job order, in forked worker processes. A `ProcessPoolExecutor`, not a
+    `multiprocessing.Pool`: a worker that dies (killed, out of memory, a crash in a forked child of a threaded
+    process) raises `BrokenProcessPool` here instead of hanging the pool forever."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=mp.get_context('fork'), initializer=initializer) as ex:
+        yield from ex.map(fn, *zip(*jobs))
+
 def _pool_map(fn, jobs, num_workers):
     "Map `fn` over argument tuples, in forked processes when num_workers > 1 (results in job order)."
     if num_workers <= 1 or len(jobs) <= 1: return [fn(*j) for j in jobs]
-    import multiprocessing as mp
-    with mp.get_context('fork').Pool(min(num_workers, len(jobs))) as pool: return pool.starmap(fn, jobs)
+    return list(_process_imap(fn, jobs, num_workers))
 
 def gene_medians(paths, # one or many .h5ad files (raw counts)
                  gene_key: str|None=None, # var column holding gene ids (None: the var index)
@@ -1334,7 +1342,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #028eba59
+# %% ../nbs/06_tokenizers.ipynb #c75f09ff
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1380,7 +1388,6 @@ def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk
     coll.close()
     return dict(tok.stats)
 
-def _job_star(args): return _tokenize_job(*args)
 
 def _mark_worker():
     "In a tokenize_h5ad worker process: rank blocks on one thread (the processes are the parallelism)."
@@ -1432,9 +1439,7 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
         if num_workers == 1 or len(args) == 1:
             for a in args: stats.append(_tokenize_job(*a)); bar.update()
         else:
-            import multiprocessing as mp
-            with mp.get_context('fork').Pool(min(num_workers, len(args)), initializer=_mark_worker) as pool:
-                for s in pool.imap(_job_star, args): stats.append(s); bar.update()
+            for s in _process_imap(_tokenize_job, args, num_workers, initializer=_mark_worker): stats.append(s); bar.update()
         bar.close()
         ds = hfd.concatenate_datasets([hfd.Dataset.from_file(str(a[-2])) for a in args])
         final = work / 'dataset'

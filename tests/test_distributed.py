@@ -32,9 +32,10 @@ def test_ddp_two_cpu_processes_disjoint_rows_equal_steps(slides, tmp_path):
     assert len(r[0]['rows']) == len(set(r[0]['rows'])) == 16 * r[0]['steps']
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def ray_session(tmp_path_factory):
-    "ONE local Ray start for the whole test session (ray.init costs ~35 s here)."
+    """ONE local Ray start for this module (ray.init costs ~35 s here), shut down after it: later tests fork worker
+    processes, and forking a process that runs Ray's gRPC threads can kill the child."""
     ray = pytest.importorskip('ray')
     d = tmp_path_factory.mktemp('ray')
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(d), ignore_reinit_error=True, log_to_driver=False)

@@ -386,3 +386,14 @@ def test_binned_is_deterministic_monotone_and_in_range(vals, n_bins):
             if v[i] == v[j]: assert b[i] == b[j]
             if v[i] < v[j]: assert b[i] <= b[j]
     assert np.array_equal(b, bt.tokenize_block(X, genes)['values'][0])
+
+
+def _exit_now(code): os._exit(code)
+
+
+def test_a_dead_worker_process_raises_instead_of_hanging():
+    "gene_medians/tokenize_h5ad worker pools: a worker that dies is an error, never a hang."
+    from concurrent.futures.process import BrokenProcessPool
+    from spatial_dl.tokenizers import _process_imap
+    with pytest.raises(BrokenProcessPool): list(_process_imap(_exit_now, [(3,), (3,)], 2))
+    assert list(_process_imap(abs, [(-1,), (2,), (-3,)], 2)) == [1, 2, 3]
