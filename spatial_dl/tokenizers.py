@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_medians', 'save_gene_medians', 'load_gene_medians',
            'TokenDictionary', 'value_key', 'RankValueTokenizer', 'tokenize_block_padded', 'tokenize_block',
-           'spatial_graph', 'tokenize_adata', 'tokenize_h5ad', 'load_example_lengths', 'TokenizeTransform',
-           'BinnedTokenizer', 'tokenize_main']
+           'spatial_graph', 'tokenize_adata', 'tokenize_files', 'tokenize_h5ad', 'load_example_lengths',
+           'TokenizeTransform', 'BinnedTokenizer', 'tokenize_main']
 
 # %% ../nbs/06_tokenizers.ipynb #a48d55d8
 import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading, itertools
@@ -1342,7 +1342,24 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #c75f09ff
+# %% ../nbs/06_tokenizers.ipynb #d46fdea7
+def tokenize_files(self: RankValueTokenizer,
+                   paths, # one or many .h5ad files of raw counts (neighbourhoods stay within a file)
+                   block_size: int=4096, # cells tokenized per step
+                  ) -> list:
+    "Token ids of every cell of `paths`, in file order, read straight from the files; empty arrays for zero-count cells."
+    coll = H5adCollection(_as_paths(paths), var_key=self.gene_key)
+    try:
+        src, out = _Source(self, coll), []
+        for s in range(0, coll.n_obs, block_size):
+            ids, lens = src.tokenize(np.arange(s, min(s + block_size, coll.n_obs)))
+            out += [ids[i, :l] for i, l in enumerate(lens.tolist())]
+        return out
+    finally: coll.close()
+
+RankValueTokenizer.tokenize_files = tokenize_files
+
+# %% ../nbs/06_tokenizers.ipynb #11f6dbfd
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1473,7 +1490,7 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #4d38e752
+# %% ../nbs/06_tokenizers.ipynb #a1fb1499
 class _OnArrival:
     "A batch entry built only where it is unpickled: `fn(*args)` (sent from a loader worker to the main process)."
     def __init__(self, fn, args): self.fn, self.args = fn, args
@@ -1566,7 +1583,7 @@ class TokenizeTransform:
         batch['length'] = torch.from_numpy(lens)
         return batch
 
-# %% ../nbs/06_tokenizers.ipynb #8993c2eb
+# %% ../nbs/06_tokenizers.ipynb #34d07360
 class BinnedTokenizer:
     "scGPT-style tokens: expressed genes (dictionary ids) and per-cell quantile bins of their values, deterministic."
     def __init__(self, token_dict, # TokenDictionary, dict or path
@@ -1618,7 +1635,7 @@ class BinnedTokenizer:
             ids.append(t); vals.append(bv)
         return {'input_ids': ids, 'values': vals}
 
-# %% ../nbs/06_tokenizers.ipynb #a9f089f5
+# %% ../nbs/06_tokenizers.ipynb #876ed428
 def _expand_inputs(items) -> list[str]:
     out = []
     for it in items:
