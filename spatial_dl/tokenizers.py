@@ -1114,7 +1114,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #7fb546c0
+# %% ../nbs/06_tokenizers.ipynb #d4c1f289
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str) -> sp.csr_matrix:
     "The neighbour graph of one file/AnnData: obsp[graph_key] if present, else built from obsm[coord_key]."
     A = obsp.get(self.graph_key) if obsp is not None else None
@@ -1141,6 +1141,11 @@ def tokenize_adata(self: RankValueTokenizer,
         totals = adata.obs[self.total_key].to_numpy(np.float64)
     if self.stformer_compat and totals is None and 'n_counts' in adata.obs: totals = adata.obs['n_counts'].to_numpy()
     X = _as_csr(adata.X) if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    graph = (lambda: (dict(adata.obsp), dict(adata.obsm))) if self.mode == 'neighborhood' else None
+    return self._tokenize_matrix(X, gene_ids, totals, graph, where)
+
+def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, totals, graph, where: str) -> list:
+    "Token ids of every row of a whole sample's counts X; `graph()` gives (obsp, obsm) dicts for neighbourhood mode."
     if self.mode == 'spot' and not self.stformer_compat:     # row chunks: scratch memory stays small (and warm)
         tot = None if totals is None else np.asarray(totals, np.float64)
         if tot is not None and len(tot) != X.shape[0]: raise TokenizerError(f"totals: {len(tot)} values for {X.shape[0]} cells ({where})")
@@ -1148,7 +1153,7 @@ def tokenize_adata(self: RankValueTokenizer,
                 for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids,
                                                None if tot is None else tot[a:a + _ADATA_ROWS], where=where)]
     if self.mode == 'spot': return self.tokenize_block(X, gene_ids, totals, where=where)
-    A = self._graph_for(dict(adata.obsp), dict(adata.obsm), adata.n_obs, where)
+    A = self._graph_for(*graph(), X.shape[0], where)
     if self.stformer_compat:
         t = _row_sums(X) if totals is None else np.asarray(totals)
         k = np.flatnonzero(t.astype(int) > 0)             # stFormer drops zero-count spots from the graph too
@@ -1174,7 +1179,7 @@ def _var_column(adata, key, where):
     if key not in adata.var: raise KeyError(f"{where}: gene_key {key!r} not in var (available columns: {sorted(adata.var.columns)})")
     return adata.var[key].astype(str).to_numpy()
 
-RankValueTokenizer._graph_for, RankValueTokenizer.tokenize_adata = _graph_for, tokenize_adata
+RankValueTokenizer._graph_for, RankValueTokenizer.tokenize_adata, RankValueTokenizer._tokenize_matrix = _graph_for, tokenize_adata, _tokenize_matrix
 
 # %% ../nbs/06_tokenizers.ipynb #29d7f88e
 def _stformer_delaunay(coords, where='coords') -> sp.csr_matrix:
@@ -1240,7 +1245,7 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
 
-# %% ../nbs/06_tokenizers.ipynb #e9cf13a4
+# %% ../nbs/06_tokenizers.ipynb #e1f1f26b
 def _read_elem(node):
     "An obsp/obsm element of an open h5ad: CSR/CSC groups and plain arrays with h5py (fast), anything else through anndata."
     import h5py
@@ -1257,18 +1262,24 @@ class _Source:
     "An H5adCollection plus per-file neighbour graphs and stFormer facts, for tokenizing arbitrary rows."
     def __init__(self, tok: RankValueTokenizer, reader: H5adCollection):
         self.tok, self.reader = tok, reader
-        self._graphs, self._compat = {}, {}
+        self._graphs, self._compat, self._inputs = {}, {}, {}
         if tok.total_key is not None: _totals(reader, tok.total_key)      # fail early on a missing column
+
+    def graph_inputs(self, i: int) -> tuple[dict, dict]:
+        "File i's stored graph and coordinates as (obsp, obsm) dicts holding only `graph_key` / `coord_key` (when present)."
+        if i not in self._inputs:
+            import h5py
+            k, c = self.tok.graph_key, self.tok.coord_key
+            with h5py.File(self.reader.paths[i], 'r') as f:
+                self._inputs[i] = ({k: _read_elem(f['obsp'][k])} if 'obsp' in f and k in f['obsp'] else {},
+                                   {c: _read_elem(f['obsm'][c])} if 'obsm' in f and c in f['obsm'] else {})
+        return self._inputs[i]
 
     def graph(self, i: int) -> sp.csr_matrix:
         "Neighbour graph of file i (n_i × n_i)."
         if i not in self._graphs:
-            import h5py
-            path, n = self.reader.paths[i], int(self.reader.offsets[i + 1] - self.reader.offsets[i])
-            with h5py.File(path, 'r') as f:
-                obsp = {self.tok.graph_key: _read_elem(f['obsp'][self.tok.graph_key])} if 'obsp' in f and self.tok.graph_key in f['obsp'] else {}
-                obsm = {self.tok.coord_key: _read_elem(f['obsm'][self.tok.coord_key])} if 'obsm' in f and self.tok.coord_key in f['obsm'] else {}
-            self._graphs[i] = self.tok._graph_for(obsp, obsm, n, path)
+            n = int(self.reader.offsets[i + 1] - self.reader.offsets[i])
+            self._graphs[i] = self.tok._graph_for(*self.graph_inputs(i), n, self.reader.paths[i])
         return self._graphs[i]
 
     def totals(self, rows: np.ndarray, X: sp.csr_matrix) -> np.ndarray:
@@ -1342,20 +1353,22 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #d46fdea7
+# %% ../nbs/06_tokenizers.ipynb #38926f01
 def tokenize_files(self: RankValueTokenizer,
-                   paths, # one or many .h5ad files of raw counts (neighbourhoods stay within a file)
-                   block_size: int=4096, # cells tokenized per step
+                   paths, # one or many .h5ad files of raw counts (a file is one sample: neighbourhoods stay within it)
                   ) -> list:
-    "Token ids of every cell of `paths`, in file order, read straight from the files; empty arrays for zero-count cells."
-    coll = H5adCollection(_as_paths(paths), var_key=self.gene_key)
-    try:
-        src, out = _Source(self, coll), []
-        for s in range(0, coll.n_obs, block_size):
-            ids, lens = src.tokenize(np.arange(s, min(s + block_size, coll.n_obs)))
-            out += [ids[i, :l] for i, l in enumerate(lens.tolist())]
-        return out
-    finally: coll.close()
+    "Token ids of every cell of `paths`, in file order, each file read whole with spatial_dl's reader; empty arrays for zero-count cells."
+    out = []
+    for path in _as_paths(paths):
+        coll = H5adCollection([path], var_key=self.gene_key)
+        try:
+            src = _Source(self, coll)
+            X = coll.read(np.arange(coll.n_obs)).X
+            key = self.total_key or ('n_counts' if self.stformer_compat and 'n_counts' in coll._infos[0].obs_columns else None)
+            totals = None if key is None else np.asarray(coll.obs_column(key), np.float64)
+            out += self._tokenize_matrix(X, coll.var_names, totals, lambda: src.graph_inputs(0), str(path))
+        finally: coll.close()
+    return out
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
