@@ -1114,7 +1114,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #d4c1f289
+# %% ../nbs/06_tokenizers.ipynb #a46f3d9d
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str) -> sp.csr_matrix:
     "The neighbour graph of one file/AnnData: obsp[graph_key] if present, else built from obsm[coord_key]."
     A = obsp.get(self.graph_key) if obsp is not None else None
@@ -1165,7 +1165,7 @@ def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, total
             for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids, t[a:a + _ADATA_ROWS], where=where,
                                            neighbor_rows=(A[a:a + _ADATA_ROWS], X, t))]
 
-_ADATA_ROWS = 1024    # tokenize_adata works in blocks of this many cells
+_ADATA_ROWS = 512     # tokenize_adata works in blocks of this many cells (smaller: less fresh output memory to fault in)
 
 def _row_block(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
     "Rows a..b of CSR X sharing its data and indices (scipy's row slicing copies them)."
