@@ -420,7 +420,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #393d90e9
+# %% ../nbs/06_tokenizers.ipynb #9284e84f
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 
 def _row_stats_py(data, a, b):
@@ -452,6 +452,18 @@ def _scan_py(indptr, indices, data, totals, has_totals, known, all_known, target
         elif neg: flags[1] += 1
         elif fr != 0: flags[2] += 1
 
+def _row_keys_py(indices, data, a, b, sc, tok_of, inv_of, buf, o):
+    "Keys (2**42-1 - value_key) << 21 | token of entries a..b of one row that are known and expressed, from buf[o]; their count."
+    k = 0
+    for p in range(a, b):
+        c = indices[p]; tk = tok_of[c]
+        if tk < 0: continue
+        v = data[p] * sc
+        v = v * inv_of[c]
+        if v > 0:
+            buf[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tk; k += 1
+    return k
+
 def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, target_sum, r0, r1, cnt, cap, dest, dstart,
                    longbuf, lstart, kept, t_out, ok, flags):
     """`_scan_py` and `_keys_into_py` in one pass per row (its values still in cache), for blocks whose columns are all known
@@ -468,15 +480,8 @@ def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, ta
         k = 0
         if (npos if sc > 0 else 0) != cnt[i]: ok[i] = False
         elif cnt[i] > 0:
-            buf = dest if cnt[i] <= cap else longbuf
-            o = dstart[i] if cnt[i] <= cap else lstart[i]
-            for p in range(a, b):
-                c = indices[p]; tk = tok_of[c]
-                if tk < 0: continue
-                v = data[p] * sc
-                v = v * inv_of[c]
-                if v > 0:
-                    buf[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tk; k += 1
+            if cnt[i] <= cap: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, dest, dstart[i])
+            else: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, longbuf, lstart[i])
         kept[i] = k
 
 def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, cap, dest, dstart, longbuf, lstart, kept):
@@ -485,16 +490,9 @@ def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, cap, d
     for i in range(r0, r1):
         k = 0
         if cnt[i] > 0:
-            buf = dest if cnt[i] <= cap else longbuf
-            o = dstart[i] if cnt[i] <= cap else lstart[i]
-            s = sc[i]
-            for p in range(indptr[i], indptr[i + 1]):
-                c = indices[p]; tk = tok_of[c]
-                if tk < 0: continue
-                v = data[p] * s
-                v = v * inv_of[c]
-                if v > 0:
-                    buf[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tk; k += 1
+            a, b = indptr[i], indptr[i + 1]
+            if cnt[i] <= cap: k = _row_keys(indices, data, a, b, sc[i], tok_of, inv_of, dest, dstart[i])
+            else: k = _row_keys(indices, data, a, b, sc[i], tok_of, inv_of, longbuf, lstart[i])
         kept[i] = k
 
 def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty, acc, mark):
@@ -531,6 +529,13 @@ def _copy_keys_py(src, sstart, cnt, cap, r0, r1, dest, dstart):
             o, s = dstart[i], sstart[i]
             for j in range(k): dest[o + j] = src[s + j]
 
+def _ids_part(out, o, cnt, n, long, ls, mask):
+    "Token ids of one part of a row (spot or neighbours) at out[o:o+n]: from its sorted keys in place, or from long[ls:] when truncated."
+    if cnt > n:
+        for j in range(n): out[o + j] = long[ls + j] & mask
+    else:
+        for j in range(n): out[o + j] &= mask
+
 def _finish_py(out, base, total, w, special, cls_id, eos_id, pad_id, mask, r0, r1,
                off0, len0, cnt0, long0, lstart0, off1, len1, cnt1, long1, lstart1):
     """Rows r0..r1 of the flat output after sorting: keys → token ids (low bits) in place, or the first len
@@ -538,18 +543,8 @@ def _finish_py(out, base, total, w, special, cls_id, eos_id, pad_id, mask, r0, r
     for r in range(r0, r1):
         b = base[r]; t = total[r]
         if t > 0:
-            o = b + off0[r]
-            if cnt0[r] > len0[r]:
-                s = lstart0[r]
-                for j in range(len0[r]): out[o + j] = long0[s + j] & mask
-            else:
-                for j in range(len0[r]): out[o + j] &= mask
-            o = b + off1[r]
-            if cnt1[r] > len1[r]:
-                s = lstart1[r]
-                for j in range(len1[r]): out[o + j] = long1[s + j] & mask
-            else:
-                for j in range(len1[r]): out[o + j] &= mask
+            _ids_part(out, b + off0[r], cnt0[r], len0[r], long0, lstart0[r], mask)
+            _ids_part(out, b + off1[r], cnt1[r], len1[r], long1, lstart1[r], mask)
             if special:
                 out[b] = cls_id; out[b + t - 1] = eos_id
         for j in range(t, w): out[b + j] = pad_id
@@ -592,6 +587,7 @@ def _row_sums_py(indptr, data, out, flags):
     flags[0] += nonfin; flags[1] += neg; flags[2] += frac
 
 _row_stats = _row_stats_py   # compiled (with reassociated sums) together with the kernels
+_row_keys, _ids_part_py = _row_keys_py, _ids_part     # compiled together with the kernels
 
 def _f64_bits(x):
     "The bits of float64 x as an int64 (replaced by a numba bit-cast intrinsic before the kernels compile)."
@@ -622,6 +618,7 @@ def _numba_fill():
                 jit = lambda f: numba.njit(nogil=True, cache=cache)(f)
                 globals()['_f64_bits'] = _bitcast_intrinsic()
                 globals()['_row_stats'] = numba.njit(nogil=True, cache=cache, fastmath={'reassoc'})(_row_stats_py)  # sums only
+                globals()['_row_keys'], globals()['_ids_part'] = jit(_row_keys_py), jit(_ids_part_py)
                 _NUMBA = types.SimpleNamespace(scan=jit(_scan_py), keys_fused=jit(_keys_fused_py), keys_into=jit(_keys_into_py), keys_nb=jit(_keys_nb_py),
                                                copy_keys=jit(_copy_keys_py), finish=jit(_finish_py), row_sums=jit(_row_sums_py),
                                                mask=jit(_mask_py), compact=jit(_compact_py), expand=jit(_expand_py))
