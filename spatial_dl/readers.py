@@ -492,7 +492,7 @@ def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
     m.data, m.indices, m.indptr = data, indices, indptr
     return m
 
-# %% ../nbs/03_readers.ipynb #6cab6c4b
+# %% ../nbs/03_readers.ipynb #a71ac41a
 _IOV_MAX = 1024
 
 def _preadv_scatter(fd: int, bufs: list, offset: int):
@@ -520,7 +520,7 @@ def _fast_ok(self: H5adCollection, files) -> bool:
         fi = self._infos[i]
         if fi.encoding != 'csr' or self._colmaps[i] is not None: return False
         d, ix = fi.arrays['data'], fi.arrays['indices']
-        if d.offset is None or ix.offset is None or d.dtype != np.float32 or ix.dtype != np.int32: return False
+        if not (d.direct and ix.direct) or d.dtype != np.float32 or ix.dtype != np.int32: return False
     return True
 
 def _libc_preadv():
@@ -605,6 +605,47 @@ def _read_groups(self: H5adCollection, files, fds, offs, g_a, g_b, seg_off, seg_
 
 H5adCollection._read_groups = _read_groups
 
+def _extents(arr: _Array) -> tuple[np.ndarray, np.ndarray]:
+    "Where a 1-d direct array lives: first element and byte offset of each run of back-to-back chunks (one for contiguous)."
+    if arr.offset is not None: return np.zeros(1, np.int64), np.array([arr.offset], np.int64)
+    co, step = arr.chunk_offsets, arr.chunk_rows * arr.dtype.itemsize
+    cut = np.r_[0, np.flatnonzero(co[1:] != co[:-1] + step) + 1]
+    return cut.astype(np.int64) * arr.chunk_rows, co[cut].astype(np.int64)
+
+def _plan(rows_start, rows_len, rows_dst, rows_fid, ext, G: int):
+    """Scatter-read plan of row ranges (elements `[start, start+len)` of file `fid`'s array → byte `dst` of the output),
+    rows sorted by (file, start): rows are cut where the array's extents end, pieces that follow each other in the file
+    form one group (one system call), joined across gaps of at most G bytes (read into scratch).
+    Returns (group file, group byte offset, group first/last segment, segment dst (-1: scratch), segment length)."""
+    pf, po, pd, pl = [], [], [], []
+    for i in np.unique(rows_fid).tolist():
+        m = rows_fid == i; st, ln, dst = rows_start[m], rows_len[m], rows_dst[m]
+        keep = ln > 0; st, ln, dst = st[keep], ln[keep], dst[keep]
+        e0, eoff = ext[i]
+        ea = np.searchsorted(e0, st, 'right') - 1
+        eb = np.searchsorted(e0, st + ln - 1, 'right') - 1
+        k = eb - ea + 1                                   # pieces per row (1 unless it crosses an extent's end)
+        r = np.repeat(np.arange(len(st)), k)
+        e = ea[r] + (np.arange(len(r)) - np.repeat(np.cumsum(k) - k, k))
+        ps = np.maximum(st[r], e0[e])
+        pe = np.minimum(st[r] + ln[r], np.r_[e0[1:], np.iinfo(np.int64).max][e])
+        pf.append(np.full(len(r), i, np.int64)); po.append(eoff[e] + (ps - e0[e]) * 4)
+        pd.append(dst[r] + (ps - st[r]) * 4); pl.append((pe - ps) * 4)
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
+    pf, po, pd, pl = cat(pf), cat(po), cat(pd), cat(pl)
+    gaps = po[1:] - (po[:-1] + pl[:-1])
+    join = (gaps >= 0) & (gaps <= G) & (pf[1:] == pf[:-1])
+    gcut = np.flatnonzero(~join) + 1
+    g_a, g_b = np.r_[0, gcut], np.r_[gcut, len(po)]
+    has_gap = np.r_[join & (gaps > 0), False]             # a scratch segment after piece k
+    at = np.arange(len(po)) + np.r_[0, np.cumsum(has_gap)[:-1]]
+    n_seg = len(po) + int(has_gap.sum())
+    seg_off, seg_len = np.full(n_seg, -1, np.int64), np.empty(n_seg, np.int64)
+    seg_off[at], seg_len[at] = pd, pl
+    seg_len[at[has_gap] + 1] = gaps[has_gap[:-1]]
+    last = g_b - 1
+    return pf[g_a], po[g_a], at[g_a], at[last] + 1 + has_gap[last], seg_off, seg_len
+
 def _read_fast(self: H5adCollection, rows: np.ndarray, fid: np.ndarray) -> sp.csr_matrix:
     "Scatter-read CSR rows (any order, repeats allowed) into pooled buffers in the order given."
     n = len(rows)
@@ -617,39 +658,17 @@ def _read_fast(self: H5adCollection, rows: np.ndarray, fid: np.ndarray) -> sp.cs
     total = int(indptr[-1])
     idt = np.int32 if total < 2**31 - 1 else np.int64
     data, indices = self._pool.array(total, np.float32), self._pool.array(total, np.int32)
-    # the plan: unique rows in file order, cut into runs of adjacent rows, runs joined into groups across small gaps
+    # unique rows in file order; each lands at its slot of the output
     order = np.argsort(rows, kind='stable'); srt = rows[order]
     first = np.ones(n, bool); first[1:] = srt[1:] != srt[:-1]
-    u_pos, u_rows = order[first], srt[first]
-    u_fid = fid[u_pos]
-    brk = np.flatnonzero((np.diff(u_rows) != 1) | (np.diff(u_fid) != 0)) + 1
-    run_a, run_b = np.r_[0, brk], np.r_[brk, len(u_rows)]
-    fs = starts[u_pos[run_a]] * 4
-    fe = (starts[u_pos[run_b - 1]] + lens[u_pos[run_b - 1]]) * 4
-    rf = u_fid[run_a]
-    gaps = fs[1:] - fe[:-1]
-    join = (gaps >= 0) & (gaps <= int(self.gap_bytes)) & (rf[1:] == rf[:-1])
-    gcut = np.flatnonzero(~join) + 1
-    g_a, g_b = np.r_[0, gcut], np.r_[gcut, len(run_a)]
-    # segments: each unique row's slot in the output, plus a scratch segment for each skipped gap inside a group
-    has_gap = np.r_[join & (gaps > 0), False]
-    before = np.r_[0, np.cumsum(has_gap)[:-1]]            # gap segments ahead of each run
-    run_of = np.repeat(np.arange(len(run_a)), run_b - run_a)
-    n_seg = len(u_pos) + int(has_gap.sum())
-    seg_off, seg_len = np.full(n_seg, -1, np.int64), np.empty(n_seg, np.int64)
-    at = np.arange(len(u_pos)) + before[run_of]
-    seg_off[at], seg_len[at] = indptr[u_pos] * 4, lens[u_pos] * 4
-    gat = (run_b + before)[has_gap]
-    seg_len[gat] = gaps[has_gap[:-1]]
-    sg_a, sg_b = run_a[g_a] + before[g_a], run_b[g_b - 1] + before[g_b - 1]
-    gf = rf[g_a]
-    used = np.unique(gf)
-    fd_of = np.full(len(self.paths), -1, np.int64); fd_of[used] = [_fd(self, i) for i in used.tolist()]
-    fds = fd_of[gf]
-    d_off, i_off = np.zeros(len(self.paths), np.int64), np.zeros(len(self.paths), np.int64)
-    for i in used.tolist(): d_off[i], i_off[i] = self._infos[i].arrays['data'].offset, self._infos[i].arrays['indices'].offset
-    self._read_groups(gf, fds, fs[g_a] + d_off[gf], sg_a, sg_b, seg_off, seg_len, data)
-    self._read_groups(gf, fds, fs[g_a] + i_off[gf], sg_a, sg_b, seg_off, seg_len, indices)
+    u_pos = order[first]
+    used = np.unique(fid[u_pos]).tolist()
+    fd_of = np.full(len(self.paths), -1, np.int64); fd_of[used] = [_fd(self, i) for i in used]
+    for name, buf in (('data', data), ('indices', indices)):
+        cache = self.__dict__.setdefault('_extents', {})
+        ext = {i: cache.get((i, name)) or cache.setdefault((i, name), _extents(self._infos[i].arrays[name])) for i in used}
+        gf, goff, sg_a, sg_b, seg_off, seg_len = _plan(starts[u_pos], lens[u_pos], indptr[u_pos] * 4, fid[u_pos], ext, int(self.gap_bytes))
+        self._read_groups(gf, fd_of[gf], goff, sg_a, sg_b, seg_off, seg_len, buf)
     if len(u_pos) < n:   # repeated rows: copy from the first occurrence
         src = order[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
         for j, s in zip(order[~first].tolist(), src[~first].tolist()):
