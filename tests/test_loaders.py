@@ -286,3 +286,22 @@ def test_worker_buffers_recycled_without_corruption(data, persistent):
         assert len(kept) == len(ds) and len(kept) > 4 * 10   # far more fetches than buffers per worker
         for b in kept: np.testing.assert_array_equal(b['X'].numpy(), X[b['index'].numpy()])
         np.testing.assert_array_equal(np.sort(np.concatenate([b['index'].numpy() for b in kept])), np.arange(len(X)))
+
+
+def test_exit_hook_stops_unfinished_loops_and_workers_persist_by_default(data):
+    "An iterator left open (never closed, still referenced) has its threads stopped by the exit hook; workers persist."
+    import time
+    from spatial_dl import loaders as L
+    paths, adatas, X = data
+    it = iter(AnnDataset(paths, num_threads=2, **KW))
+    next(it)
+    live = [t for _, ths in L._LIVE.values() for t in ths]
+    assert live and any(t.is_alive() for t in live)
+    L._stop_pipelines()
+    deadline = time.time() + 10
+    while any(t.is_alive() for t in live) and time.time() < deadline: time.sleep(0.05)
+    assert not any(t.is_alive() for t in live)
+    it.close()
+    assert make_dataloader(AnnDataset(paths, **KW), num_workers=1).persistent_workers is True
+    assert make_dataloader(AnnDataset(paths, **KW), num_workers=1, persistent_workers=False).persistent_workers is False
+    assert make_dataloader(AnnDataset(paths, **KW), num_workers=0).persistent_workers is False
