@@ -420,7 +420,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #9284e84f
+# %% ../nbs/06_tokenizers.ipynb #c00a34b5
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 
 def _row_stats_py(data, a, b):
@@ -464,8 +464,8 @@ def _row_keys_py(indices, data, a, b, sc, tok_of, inv_of, buf, o):
             buf[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tk; k += 1
     return k
 
-def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, target_sum, r0, r1, cnt, cap, dest, dstart,
-                   longbuf, lstart, kept, t_out, ok, flags):
+def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, target_sum, r0, r1, cnt, dest, dstart, d0,
+                   kept, t_out, ok, flags):
     """`_scan_py` and `_keys_into_py` in one pass per row (its values still in cache), for blocks whose columns are all known
     genes: the layout assumed every stored value positive (cnt = stored values); a row where that fails gets ok = False."""
     for i in range(r0, r1):
@@ -479,20 +479,15 @@ def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, ta
         elif fr != 0: flags[2] += 1
         k = 0
         if (npos if sc > 0 else 0) != cnt[i]: ok[i] = False
-        elif cnt[i] > 0:
-            if cnt[i] <= cap: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, dest, dstart[i])
-            else: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, longbuf, lstart[i])
+        elif cnt[i] > 0: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, dest, dstart[i] - d0)
         kept[i] = k
 
-def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, cap, dest, dstart, longbuf, lstart, kept):
-    """Rows r0..r1: keys (2**42-1 - value_key) << 21 | token of the kept entries, at dest[dstart[i]:] (the row's place in
-    the output) when cnt[i] <= cap, else at longbuf[lstart[i]:] (rows to truncate); kept counts."""
+def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, dest, dstart, d0, kept):
+    """Rows r0..r1: keys (2**42-1 - value_key) << 21 | token of the kept entries at dest[dstart[i] - d0:] (a per-thread
+    scratch holding the keys of a few rows); kept counts."""
     for i in range(r0, r1):
         k = 0
-        if cnt[i] > 0:
-            a, b = indptr[i], indptr[i + 1]
-            if cnt[i] <= cap: k = _row_keys(indices, data, a, b, sc[i], tok_of, inv_of, dest, dstart[i])
-            else: k = _row_keys(indices, data, a, b, sc[i], tok_of, inv_of, longbuf, lstart[i])
+        if cnt[i] > 0: k = _row_keys(indices, data, indptr[i], indptr[i + 1], sc[i], tok_of, inv_of, dest, dstart[i] - d0)
         kept[i] = k
 
 def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty, acc, mark):
@@ -521,30 +516,19 @@ def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, 
                 keys[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tok_of[c]; k += 1
         kept[i] = k
 
-def _copy_keys_py(src, sstart, cnt, cap, r0, r1, dest, dstart):
-    "Rows r0..r1 with 0 < cnt[i] <= cap: their keys src[sstart[i]:] to dest[dstart[i]:] (the rest stay in src, to truncate)."
-    for i in range(r0, r1):
-        k = cnt[i]
-        if 0 < k <= cap:
-            o, s = dstart[i], sstart[i]
-            for j in range(k): dest[o + j] = src[s + j]
-
-def _ids_part(out, o, cnt, n, long, ls, mask):
-    "Token ids of one part of a row (spot or neighbours) at out[o:o+n]: from its sorted keys in place, or from long[ls:] when truncated."
-    if cnt > n:
-        for j in range(n): out[o + j] = long[ls + j] & mask
-    else:
-        for j in range(n): out[o + j] &= mask
+def _ids_part(out, o, n, keys, s, mask):
+    "Token ids of one part of a row (spot or neighbours) at out[o:o+n]: the low bits of its first n sorted keys, keys[s:s+n]."
+    for j in range(n): out[o + j] = keys[s + j] & mask
 
 def _finish_py(out, base, total, w, special, cls_id, eos_id, pad_id, mask, r0, r1,
-               off0, len0, cnt0, long0, lstart0, off1, len1, cnt1, long1, lstart1):
-    """Rows r0..r1 of the flat output after sorting: keys → token ids (low bits) in place, or the first len
-    of a truncated row's sorted keys; <cls>/<eos> when framing; '<pad>' up to width w (w < 0: ragged)."""
+               off0, len0, keys0, start0, d0, off1, len1, keys1, start1, d1):
+    """Rows r0..r1 of the flat output (any integer dtype) after sorting: each part's first len token ids from its sorted keys
+    (keys0[start0[r] - d0:], keys1[start1[r] - d1:]); <cls>/<eos> when framing; '<pad>' up to width w (w < 0: ragged)."""
     for r in range(r0, r1):
         b = base[r]; t = total[r]
         if t > 0:
-            _ids_part(out, b + off0[r], cnt0[r], len0[r], long0, lstart0[r], mask)
-            _ids_part(out, b + off1[r], cnt1[r], len1[r], long1, lstart1[r], mask)
+            _ids_part(out, b + off0[r], len0[r], keys0, start0[r] - d0, mask)
+            _ids_part(out, b + off1[r], len1[r], keys1, start1[r] - d1, mask)
             if special:
                 out[b] = cls_id; out[b + t - 1] = eos_id
         for j in range(t, w): out[b + j] = pad_id
@@ -556,15 +540,8 @@ def _mask_py(lens, mask):
         for j in range(l): mask[r, j] = 1
         for j in range(l, mask.shape[1]): mask[r, j] = 0
 
-def _compact_py(ids, lens, flat):
-    "The first lens[r] ids of every row, one row after the other, into flat."
-    o = 0
-    for r in range(ids.shape[0]):
-        for j in range(lens[r]): flat[o + j] = ids[r, j]
-        o += lens[r]
-
 def _expand_py(flat, lens, pad_id, ids):
-    "Inverse of `_compact_py`: rows of ids from flat, padded with pad_id."
+    "Rows of ids from flat (the ids of all rows, one row after the other), padded with pad_id."
     o = 0
     for r in range(ids.shape[0]):
         l = lens[r]
@@ -620,8 +597,8 @@ def _numba_fill():
                 globals()['_row_stats'] = numba.njit(nogil=True, cache=cache, fastmath={'reassoc'})(_row_stats_py)  # sums only
                 globals()['_row_keys'], globals()['_ids_part'] = jit(_row_keys_py), jit(_ids_part_py)
                 _NUMBA = types.SimpleNamespace(scan=jit(_scan_py), keys_fused=jit(_keys_fused_py), keys_into=jit(_keys_into_py), keys_nb=jit(_keys_nb_py),
-                                               copy_keys=jit(_copy_keys_py), finish=jit(_finish_py), row_sums=jit(_row_sums_py),
-                                               mask=jit(_mask_py), compact=jit(_compact_py), expand=jit(_expand_py))
+                                               finish=jit(_finish_py), row_sums=jit(_row_sums_py),
+                                               mask=jit(_mask_py), expand=jit(_expand_py))
             except ImportError: pass
     return _NUMBA or None
 
@@ -700,7 +677,7 @@ def _row_sums_fast(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     return out, flags
 
 def _warm_numba():
-    "Compile (or load from numba's cache) the kernels for the usual dtypes: float32/float64 data, int32 indices."
+    "Compile (or load from numba's cache) the kernels for the usual dtypes: float32/float64 data, int32 indices; int64/int32/uint16 ids."
     K = _numba_fill()
     if K is None: return
     td = TokenDictionary.build(['a', 'b'])
@@ -715,8 +692,9 @@ def _warm_numba():
             _tokenize_fast(tok, X, cm, totals, None, None, (A, X, np.ones(2)), 'warm-up')
             _tokenize_fast(tok, X, cm, totals, X, None, None, 'warm-up')
         _row_sums_fast(X)
+    for dt in (np.int32, np.uint16): _tokenize_fast(spot, X, spot.column_map(['a', 'b']), None, None, None, None, 'warm-up', True, dtype=dt)
     ids, lens, flat = np.zeros((2, 3), np.int64), np.array([1, 2]), np.zeros(3, np.int32)
-    K.mask(lens, ids.copy()); K.compact(ids, lens, flat); K.compact(ids, lens, flat.astype(np.int64))
+    K.mask(lens, ids.copy())
     for dt in (np.uint16, np.int32, np.int64): K.expand(flat.astype(dt), lens, 0, ids)
 
 # %% ../nbs/06_tokenizers.ipynb #374fc058
@@ -846,7 +824,7 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #2ff58c4e
+# %% ../nbs/06_tokenizers.ipynb #f78f5706
 def _as_csr(X) -> sp.csr_matrix:
     "X as CSR without copying when it already is (re-wrapping a CSR whose arrays are views makes scipy copy them)."
     return X if isinstance(X, (sp.csr_matrix, getattr(sp, 'csr_array', sp.csr_matrix))) else sp.csr_matrix(X)
@@ -863,10 +841,10 @@ def _balanced(weights: np.ndarray, k: int) -> list:
     return [(int(b[i]), int(b[i + 1])) for i in range(k) if b[i + 1] > b[i]]
 
 def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals, neighbor_X, neighbor_totals, nbrs, where: str,
-                   ragged: bool=False, speculate: bool=True):
+                   ragged: bool=False, speculate: bool=True, dtype=np.int64):
     """Padded ids and lengths of block X through the compiled kernels (see above). Neighbour part from `nbrs` = (M, Xn, tn):
     rows of M weight the rows of Xn (totals tn), summed on the fly; or from precomputed `neighbor_X` (and `neighbor_totals`).
-    `ragged`: instead of the padded array, the flat ids of all rows one after the other (and the lengths)."""
+    `ragged`: instead of the padded array, the flat ids of all rows one after the other (and the lengths); `dtype`: of the ids."""
     K, n = _numba_fill(), X.shape[0]
     T = self.num_threads or _default_threads()
     if X.nnz < 20_000: T = 1                                   # tiny blocks: threads cost more than they save
@@ -879,7 +857,7 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
     L = self.model_input_size
     cap = L - 2 if (self.special_tokens and self.mode == 'spot') else (L - 1 if self.special_tokens else L)
     s1 = 1 if self.special_tokens else 0
-    padkey, mask = (_QMAX << _TOK_BITS) | self.td.pad_id, (1 << _TOK_BITS) - 1
+    mask = (1 << _TOK_BITS) - 1
 
     def scan(A, tot, has_tot, flags):
         "Totals, scales and kept counts of the rows of CSR A (threads over row ranges)."
@@ -922,7 +900,6 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
                                       _scratch('mark', G, np.uint8, zero=True)),
                   _balanced(np.diff(nstart), T), T)
             isolated = int((empty & (t > 0)).sum())
-            long1, lstart1 = nkeys, nstart[:-1]                # rows to truncate are sorted where they are
         else:                                                  # precomputed neighbour sums: a second CSR part
             N = _as_csr(neighbor_X)
             if cm.agg is not None: N = (N @ cm.agg).tocsr()
@@ -937,21 +914,17 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
     w = int(total.max()) if n else 0
     zero = t <= 0
     total[zero] = 0
-    if ragged: base = np.zeros(n, np.int64); np.cumsum(total[:-1], out=base[1:]); out = _OUT.array(int(total.sum()), np.int64)
-    else: base = np.arange(n, dtype=np.int64) * w; out = _OUT.array((n, w), np.int64)
+    if ragged: base = np.zeros(n, np.int64); np.cumsum(total[:-1], out=base[1:]); out = _OUT.array(int(total.sum()), dtype)
+    else: base = np.arange(n, dtype=np.int64) * w; out = _OUT.array((n, w), dtype)
     flat = out.reshape(-1)
-    dst0, dst1 = base + off0, base + off1
-    def long_of(cnt, name):
-        "Start of every row to truncate in its own buffer (rows that fit are keyed in place)."
-        big = np.where(cnt > cap, cnt, 0)
-        ls = np.zeros(n, np.int64); np.cumsum(big[:-1], out=ls[1:])
-        return _scratch(name, int(big.sum()), np.int64), ls
-    long0, lstart0 = long_of(cnt0, 'long0')
-    if N is not None: long1, lstart1 = long_of(cnt1, 'long1')
-    elif nbrs is None: long1, lstart1 = none, none
+    # keys of a slab of rows go to a per-thread scratch (warm memory), where each row's keys are sorted; only the ids
+    # (the low bits of the first len keys) are written to the output: less fresh memory, any output dtype
+    S0 = np.zeros(n + 1, np.int64); np.cumsum(cnt0, out=S0[1:])
+    if N is not None: S1 = np.zeros(n + 1, np.int64); np.cumsum(cnt1, out=S1[1:])
+    elif nbrs is not None: S1 = nstart                         # neighbour keys were made in place, in nkeys
+    else: S1 = none
     kept0, kept1 = np.empty(n, np.int64), np.empty(n, np.int64)
-    segs0 = list(zip(cnt0.tolist(), np.where(cnt0 > cap, lstart0, dst0).tolist(), (cnt0 > cap).tolist()))
-    segs1 = list(zip(cnt1.tolist(), np.where(cnt1 > cap, lstart1, dst1).tolist(), (cnt1 > cap).tolist()))
+    c0, c1, s0l, s1l = cnt0.tolist(), cnt1.tolist(), S0.tolist(), S1.tolist()
     cls_id, eos_id = (self.td.cls_id, self.td.eos_id) if self.special_tokens else (0, 0)
     tok, inv, xdata = cm.tok, cm.inv, f64(X.data)
     ndata = f64(N.data) if N is not None else None
@@ -961,23 +934,28 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
         th, rng = arg
         for a in range(rng[0], rng[1], _SLAB):
             b = min(a + _SLAB, rng[1])
-            if speculate: K.keys_fused(ip0, X.indices, xdata, t_in, has_t, tok, inv, self.target_sum, a, b, cnt0, cap, flat, dst0,
-                                       long0, lstart0, kept0, t_out, ok, flags[th])
-            else: K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, cap, flat, dst0, long0, lstart0, kept0)
-            if N is not None: K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, cap, flat, dst1, long1, lstart1, kept1)
-            elif nbrs is not None: K.copy_keys(nkeys, nstart, cnt1, cap, a, b, flat, dst1)
-            for segs, lng in ((segs0, long0), (segs1, long1)):
-                for c, s, is_long in segs[a:b]:
-                    if c > 1: (lng if is_long else flat)[s:s + c].sort()   # numpy's SIMD sort of int64 keys (GIL released)
+            d0 = s0l[a]; k0 = _scratch('k0', s0l[b] - d0, np.int64)
+            if speculate: K.keys_fused(ip0, X.indices, xdata, t_in, has_t, tok, inv, self.target_sum, a, b, cnt0, k0, S0, d0,
+                                       kept0, t_out, ok, flags[th])
+            else: K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, k0, S0, d0, kept0)
+            if N is not None:
+                d1 = s1l[a]; k1 = _scratch('k1', s1l[b] - d1, np.int64)
+                K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, k1, S1, d1, kept1)
+            elif nbrs is not None: d1, k1 = 0, nkeys
+            else: d1, k1 = 0, none
+            for i in range(a, b):                              # numpy's SIMD sort of int64 keys (GIL released)
+                if c0[i] > 1: o = s0l[i] - d0; k0[o:o + c0[i]].sort()
+                if c1[i] > 1: o = s1l[i] - d1; k1[o:o + c1[i]].sort()
             K.finish(flat, base, total, -1 if ragged else w, self.special_tokens, cls_id, eos_id, self.td.pad_id, mask, a, b,
-                     off0, len0, cnt0, long0, lstart0, off1, len1, cnt1, long1, lstart1)
+                     off0, len0, k0, S0, d0, off1, len1, k1, S1, d1)
     _pmap(work, list(enumerate(_balanced(cnt0 + cnt1 + 1, T))), T)
     if speculate:
         if flags.any(): _check_values(X.data, where, self.allow_normalized)   # raises the usual error (or accepts normalised)
         if not ok.all():                                       # a stored zero, negative or zero total: the scanning path
-            return _tokenize_fast(self, X0, cm, totals0, neighbor_X, neighbor_totals, nbrs, where, ragged, speculate=False)
+            return _tokenize_fast(self, X0, cm, totals0, neighbor_X, neighbor_totals, nbrs, where, ragged, speculate=False, dtype=dtype)
     if not np.array_equal(kept0, cnt0) or (N is not None and not np.array_equal(kept1, cnt1)):   # a value underflowed to 0
         ids, lens = _tokenize_numpy(self, X0, cm, totals0, neighbor_X, neighbor_totals, nbrs, where)
+        ids = ids.astype(dtype, copy=False)
         return (ids[np.arange(ids.shape[1])[None, :] < lens[:, None]], lens) if ragged else (ids, lens)
     self.stats['isolated_spots'] += isolated
     self.stats['cells'] += int((~zero).sum()); self.stats['zero_cells'] += int(zero.sum()); self.stats['tokens'] += int(total.sum())
@@ -1007,7 +985,7 @@ def _tokenize_numpy(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, 
     self.stats['cells'] += int((~zero).sum()); self.stats['zero_cells'] += int(zero.sum()); self.stats['tokens'] += int(lens.sum())
     return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #5b56395d
+# %% ../nbs/06_tokenizers.ipynb #bd26c0e4
 def _frame(self: RankValueTokenizer, parts: list) -> tuple[np.ndarray, np.ndarray]:
     "Concatenate padded parts [(ids, lengths), ...] row-wise, adding <cls>/<eos> when asked; padded ids and lengths."
     if len(parts) == 1 and not self.special_tokens: return parts[0][0], parts[0][1].copy()
@@ -1041,11 +1019,13 @@ def tokenize_block_padded(self: RankValueTokenizer,
     return self._tokenize(X, gene_ids, totals, neighbor_X, neighbor_totals, where, raw, neighbor_rows)
 
 def _tokenize(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X=None, neighbor_totals=None, where='block', raw=None,
-              neighbor_rows=None, ragged: bool=False):
-    "`tokenize_block_padded`; `ragged=True` may instead return the ids of all rows flat, one after the other (1-D), when compiled."
+              neighbor_rows=None, ragged: bool=False, dtype=np.int64):
+    """`tokenize_block_padded`; `ragged=True` may instead return the ids of all rows flat, one after the other (1-D), when
+    compiled; `dtype`: of the ids (padded stFormer-compatible and numpy-path ids are converted)."""
     if self.stformer_compat:
         if neighbor_X is None and neighbor_rows is not None: neighbor_X = sp.csr_matrix(neighbor_rows[0]) @ neighbor_rows[1]
-        return self._compat_block(X, gene_ids, totals, neighbor_X, raw=raw, where=where)
+        ids, lens = self._compat_block(X, gene_ids, totals, neighbor_X, raw=raw, where=where)
+        return ids.astype(dtype, copy=False), lens
     X = _as_csr(X)
     if len(gene_ids) != X.shape[1]:
         raise TokenizerError(f"gene_ids: {len(gene_ids)} ids for the {X.shape[1]} columns of X ({where})")
@@ -1056,13 +1036,16 @@ def _tokenize(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X=Non
         raise TokenizerError("neighbor_X: mode='neighborhood' needs the neighbours' summed counts "
                              "(use tokenize_adata, tokenize_h5ad or TokenizeTransform, which build them)")
     if _numba_fill() is not None and cm.tok.max(initial=-1) < (1 << _TOK_BITS):
-        return _tokenize_fast(self, X, cm, totals, neighbor_X, neighbor_totals, neighbor_rows, where, ragged=ragged)
-    return _tokenize_numpy(self, X, cm, totals, neighbor_X, neighbor_totals, neighbor_rows, where)
+        return _tokenize_fast(self, X, cm, totals, neighbor_X, neighbor_totals, neighbor_rows, where, ragged=ragged, dtype=dtype)
+    ids, lens = _tokenize_numpy(self, X, cm, totals, neighbor_X, neighbor_totals, neighbor_rows, where)
+    return ids.astype(dtype, copy=False), lens
 
 def tokenize_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X=None, neighbor_totals=None,
-                   where: str='block', raw: bool|None=None, neighbor_rows=None) -> list:
-    "Token ids of every cell of a block as a list of int64 arrays (empty for zero-count cells)."
-    ids, lens = self._tokenize(X, gene_ids, totals, neighbor_X, neighbor_totals, where, raw, neighbor_rows, ragged=True)  # less memory to fill
+                   where: str='block', raw: bool|None=None, neighbor_rows=None,
+                   dtype=np.int32, # of the returned ids (int32, as datasets on disk store them; np.int64 for torch's default)
+                  ) -> list:
+    "Token ids of every cell of a block as a list of integer arrays (empty for zero-count cells); arguments as `tokenize_block_padded`."
+    ids, lens = self._tokenize(X, gene_ids, totals, neighbor_X, neighbor_totals, where, raw, neighbor_rows, ragged=True, dtype=dtype)
     if ids.ndim == 1:
         ends = np.cumsum(lens)
         return [ids[e - l:e] for e, l in zip(ends.tolist(), lens.tolist())]
@@ -1111,7 +1094,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #a46f3d9d
+# %% ../nbs/06_tokenizers.ipynb #df40e23a
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str) -> sp.csr_matrix:
     "The neighbour graph of one file/AnnData: obsp[graph_key] if present, else built from obsm[coord_key]."
     A = obsp.get(self.graph_key) if obsp is not None else None
@@ -1128,6 +1111,7 @@ def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: 
 def tokenize_adata(self: RankValueTokenizer,
                    adata, # an in-memory AnnData of raw counts
                    where: str='adata', # named in errors
+                   dtype=np.int32, # of the returned ids
                   ) -> list:
     "Token ids of every cell of an in-memory AnnData (neighbourhood graph from its obsp/obsm); empty arrays for zero-count cells."
     gene_ids = adata.var_names if self.gene_key is None else _var_column(adata, self.gene_key, where)
@@ -1139,28 +1123,28 @@ def tokenize_adata(self: RankValueTokenizer,
     if self.stformer_compat and totals is None and 'n_counts' in adata.obs: totals = adata.obs['n_counts'].to_numpy()
     X = _as_csr(adata.X) if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
     graph = (lambda: (dict(adata.obsp), dict(adata.obsm))) if self.mode == 'neighborhood' else None
-    return self._tokenize_matrix(X, gene_ids, totals, graph, where)
+    return self._tokenize_matrix(X, gene_ids, totals, graph, where, dtype)
 
-def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, totals, graph, where: str) -> list:
+def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, totals, graph, where: str, dtype=np.int32) -> list:
     "Token ids of every row of a whole sample's counts X; `graph()` gives (obsp, obsm) dicts for neighbourhood mode."
     if self.mode == 'spot' and not self.stformer_compat:     # row chunks: scratch memory stays small (and warm)
         tot = None if totals is None else np.asarray(totals, np.float64)
         if tot is not None and len(tot) != X.shape[0]: raise TokenizerError(f"totals: {len(tot)} values for {X.shape[0]} cells ({where})")
         return [ids for a in range(0, X.shape[0], _ADATA_ROWS)
                 for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids,
-                                               None if tot is None else tot[a:a + _ADATA_ROWS], where=where)]
-    if self.mode == 'spot': return self.tokenize_block(X, gene_ids, totals, where=where)
+                                               None if tot is None else tot[a:a + _ADATA_ROWS], where=where, dtype=dtype)]
+    if self.mode == 'spot': return self.tokenize_block(X, gene_ids, totals, where=where, dtype=dtype)
     A = self._graph_for(*graph(), X.shape[0], where)
     if self.stformer_compat:
         t = _row_sums(X) if totals is None else np.asarray(totals)
         k = np.flatnonzero(t.astype(int) > 0)             # stFormer drops zero-count spots from the graph too
-        return self.tokenize_block(X, gene_ids, t, neighbor_X=A[:, k] @ X[k], where=where)
+        return self.tokenize_block(X, gene_ids, t, neighbor_X=A[:, k] @ X[k], where=where, dtype=dtype)
     t = (_row_sums_fast(X)[0] if _numba_fill() is not None and X.dtype in (np.float32, np.float64) else _row_sums(X)) \
         if totals is None else np.asarray(totals, np.float64)
     A = sp.csr_matrix(A)
     return [ids for a in range(0, X.shape[0], _ADATA_ROWS)
             for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids, t[a:a + _ADATA_ROWS], where=where,
-                                           neighbor_rows=(A[a:a + _ADATA_ROWS], X, t))]
+                                           neighbor_rows=(A[a:a + _ADATA_ROWS], X, t), dtype=dtype)]
 
 _ADATA_ROWS = 512     # tokenize_adata works in blocks of this many cells (smaller: less fresh output memory to fault in)
 
@@ -1242,7 +1226,7 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
 
-# %% ../nbs/06_tokenizers.ipynb #e1f1f26b
+# %% ../nbs/06_tokenizers.ipynb #51877712
 def _read_elem(node):
     "An obsp/obsm element of an open h5ad: CSR/CSC groups and plain arrays with h5py (fast), anything else through anndata."
     import h5py
@@ -1325,8 +1309,8 @@ class _Source:
             key_sums = self.totals(nbrs, Xn)
         return M, Xn, key_sums
 
-    def tokenize(self, rows: np.ndarray, X: sp.csr_matrix|None=None, ragged: bool=False) -> tuple[np.ndarray, np.ndarray]:
-        "Padded token ids and lengths of global `rows` (X: their counts when already read); `ragged`: see `_tokenize`."
+    def tokenize(self, rows: np.ndarray, X: sp.csr_matrix|None=None, ragged: bool=False, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+        "Padded token ids and lengths of global `rows` (X: their counts when already read); `ragged`, `dtype`: see `_tokenize`."
         rows = np.asarray(rows, np.int64)
         if X is None:
             o = np.argsort(rows, kind='stable'); X = self.reader.read(rows[o]).X[np.argsort(o)]
@@ -1334,7 +1318,7 @@ class _Source:
         if not tok.stformer_compat:                           # totals: the obs column, else computed with the tokens
             t = None if tok.total_key is None else self.totals(rows, X)
             nb = self.neighbor_inputs(rows) if tok.mode == 'neighborhood' else None
-            return tok._tokenize(X, self.reader.var_names, t, where=where, neighbor_rows=nb, ragged=ragged)
+            return tok._tokenize(X, self.reader.var_names, t, where=where, neighbor_rows=nb, ragged=ragged, dtype=dtype)
         t = self.totals(rows, X)
         fid = np.searchsorted(self.reader.offsets, rows, side='right') - 1      # stFormer: per-file raw flag
         out = []
@@ -1344,15 +1328,16 @@ class _Source:
             if tok.mode == 'neighborhood': M, Xn, _ = self.neighbor_inputs(rows[pos]); N = (M @ Xn).tocsr()
             out.append((pos, *tok.tokenize_block_padded(X[pos], self.reader.var_names, t[pos], N, where=self.reader.paths[i],
                                                         raw=self.compat_info(i)[1])))
-        if len(out) == 1: return out[0][1], out[0][2]
+        if len(out) == 1: return out[0][1].astype(dtype, copy=False), out[0][2]
         w = max(o[1].shape[1] for o in out)
-        ids, lens = np.full((len(rows), w), tok.td.pad_id, np.int64), np.zeros(len(rows), np.int64)
+        ids, lens = np.full((len(rows), w), tok.td.pad_id, dtype), np.zeros(len(rows), np.int64)
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #38926f01
+# %% ../nbs/06_tokenizers.ipynb #2a48c7fb
 def tokenize_files(self: RankValueTokenizer,
                    paths, # one or many .h5ad files of raw counts (a file is one sample: neighbourhoods stay within it)
+                   dtype=np.int32, # of the returned ids
                   ) -> list:
     "Token ids of every cell of `paths`, in file order, each file read whole with spatial_dl's reader; empty arrays for zero-count cells."
     out = []
@@ -1363,13 +1348,13 @@ def tokenize_files(self: RankValueTokenizer,
             X = coll.read(np.arange(coll.n_obs)).X
             key = self.total_key or ('n_counts' if self.stformer_compat and 'n_counts' in coll._infos[0].obs_columns else None)
             totals = None if key is None else np.asarray(coll.obs_column(key), np.float64)
-            out += self._tokenize_matrix(X, coll.var_names, totals, lambda: src.graph_inputs(0), str(path))
+            out += self._tokenize_matrix(X, coll.var_names, totals, lambda: src.graph_inputs(0), str(path), dtype)
         finally: coll.close()
     return out
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #11f6dbfd
+# %% ../nbs/06_tokenizers.ipynb #544e9626
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1397,10 +1382,11 @@ def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk
     try:
         for s in tqdm(range(start, stop, chunk_size), desc=Path(path).name, disable=not progress, leave=False):
             rows = np.arange(s, min(s + chunk_size, stop))
-            ids, lens = src.tokenize(rows)
+            ids, lens = src.tokenize(rows, ragged=True, dtype=np.int32)
             keep = lens > 0
-            ids, lens, rows = ids[keep], lens[keep], rows[keep]
-            vals = ids[np.arange(ids.shape[1])[None, :] < lens[:, None]].astype(np.int32)   # row-major: cell by cell
+            if ids.ndim == 2: ids = ids[keep]
+            lens, rows = lens[keep], rows[keep]
+            vals = ids if ids.ndim == 1 else ids[np.arange(ids.shape[1])[None, :] < lens[:, None]]   # row-major: cell by cell
             offs = np.zeros(len(lens) + 1, np.int64); np.cumsum(lens, out=offs[1:])
             cols = {'input_ids': pa.LargeListArray.from_arrays(pa.array(offs), pa.array(vals)).cast(feats.arrow_schema.field('input_ids').type),
                     'length': pa.array(lens.astype(np.int32)), 'source_file': pa.array(np.full(len(lens), file_index, np.int32)),
@@ -1500,7 +1486,7 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #a1fb1499
+# %% ../nbs/06_tokenizers.ipynb #295c050f
 class _OnArrival:
     "A batch entry built only where it is unpickled: `fn(*args)` (sent from a loader worker to the main process)."
     def __init__(self, fn, args): self.fn, self.args = fn, args
@@ -1560,11 +1546,12 @@ class TokenizeTransform:
         X = batch.pop('X')
         rows = batch.get('index')
         on_arrival = _in_loader_worker()                      # then the ids only need to be unpadded
+        wire = (np.uint16 if len(self.tok.td) <= 1 << 16 else np.int32) if on_arrival else np.int64   # ids sent compactly
         if rows is None:
             if self.tok.mode == 'neighborhood' or self.tok.stformer_compat:
                 raise TokenizerError("batch has no 'index': neighbourhood/stFormer modes need global row ids")
-            ids, lens = self.tok._tokenize(X, self.reader.var_names, where='batch', ragged=on_arrival)
-        else: ids, lens = self._src.tokenize(np.asarray(rows), _as_csr(X), ragged=on_arrival)
+            ids, lens = self.tok._tokenize(X, self.reader.var_names, where='batch', ragged=on_arrival, dtype=wire)
+        else: ids, lens = self._src.tokenize(np.asarray(rows), _as_csr(X), ragged=on_arrival, dtype=wire)
         n = len(lens)
         if self.drop_zero and (lens == 0).any():
             keep = lens > 0
@@ -1577,12 +1564,7 @@ class TokenizeTransform:
         w = longest if self.pad_to is None else self.pad_to
         if longest > w: raise TokenizerError(f"pad_to={self.pad_to} is shorter than a sequence of {longest} tokens")
         if on_arrival:                                         # sent compactly, built in the main process
-            K = _numba_fill()
-            if ids.ndim == 2:
-                if K is not None: flat = np.empty(int(lens.sum()), np.int64); K.compact(np.ascontiguousarray(ids), lens, flat)
-                else: flat = ids[np.arange(ids.shape[1])[None, :] < lens[:, None]]
-            else: flat = ids
-            flat = flat.astype(np.uint16 if len(self.tok.td) <= 1 << 16 else np.int32)
+            flat = ids if ids.ndim == 1 else ids[np.arange(ids.shape[1])[None, :] < lens[:, None]]
             batch['input_ids'] = _OnArrival(_rebuild_ids, (flat, lens, w, self.tok.td.pad_id))
             batch['attention_mask'] = _OnArrival(_rebuild_mask, (lens, w))
         else:
