@@ -238,7 +238,7 @@ def _finish(self: AnnDataset, batch: dict) -> dict:
 
 AnnDataset._load_fetch, AnnDataset._densify, AnnDataset._after, AnnDataset._finish = _load_fetch, _densify, _after, _finish
 
-# %% ../nbs/04_loaders.ipynb #cc1ccd59
+# %% ../nbs/04_loaders.ipynb #37b9b058
 _END, _DONE = object(), object()
 
 class _Failure:
@@ -300,10 +300,22 @@ def _stop_pipelines():
     for _, ths in live:
         for t in ths: t.join(timeout=2)
 
-def _pipelined(items, work, n_threads: int, queue_size: int=2):
+def _halt(handle: list, timeout: float=10.0) -> bool:
+    "Stop the pipeline recorded in `handle` (if any) and wait for its threads; False if one is still running."
+    if not handle: return True
+    stop, ths = handle; stop.set()
+    for t in ths: t.join(timeout)
+    alive = any(t.is_alive() for t in ths)
+    if not alive: handle.clear()
+    return not alive
+
+def _pipelined(items, work, n_threads: int, queue_size: int=2,
+               handle: list|None=None, # holds the pipeline's stop event and threads, so a later one can `_halt` it first
+              ):
     "Finished batches of `items` (a list, or an iterator) in order, `work` spread over threads (thread k: items k, k+n, ...)."
     stop, ths = threading.Event(), []
     _LIVE[id(stop)] = (stop, ths)
+    if handle is not None: _halt(handle); handle[:] = [stop, ths]
     if isinstance(items, (list, tuple)):
         n = max(1, min(n_threads, len(items)))
         parts = [items[k::n] for k in range(n)]
@@ -327,13 +339,13 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2):
             yield b
     finally: stop.set(); _LIVE.pop(id(stop), None)
 
-# %% ../nbs/04_loaders.ipynb #35457a26
-def _iter_fetches(self: AnnDataset, fetches) -> 'Iterator[list[dict]]':
+# %% ../nbs/04_loaders.ipynb #83ef0c92
+def _iter_fetches(self: AnnDataset, fetches, handle: list|None=None) -> 'Iterator[list[dict]]':
     "Raw mini-batches of each fetch (for DataLoader workers), the next fetch read by a background thread."
     if not self.prefetch: 
         for f in fetches: yield self._load_fetch(f)
         return
-    for item in _pipelined(fetches, lambda f: [self._load_fetch(f)], 1, queue_size=1): yield item
+    for item in _pipelined(fetches, lambda f: [self._load_fetch(f)], 1, queue_size=1, handle=handle): yield item
 
 def _skip_batches(fetches: list, k: int, b: int) -> list:
     "`fetches` without their first `k` mini-batches (of `b` rows; only a fetch's last batch can be short)."
@@ -374,7 +386,7 @@ def _iter(self: AnnDataset):
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 
-# %% ../nbs/04_loaders.ipynb #530e5315
+# %% ../nbs/04_loaders.ipynb #e8e87e94
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
@@ -449,13 +461,20 @@ class _FetchStream(IterableDataset):
         wi = torch.utils.data.get_worker_info()
         own = ds._worker_fetches()
         if wi is not None and wi.num_workers == 1: own = _split_first(own, ds.batch_size)   # keeps the order
-        fetches = ds._iter_fetches(own)
+        fetches = ds._iter_fetches(own, self.__dict__.setdefault('_pipe', []))
         if wi is None: return fetches
         return self._shared(fetches)
+    def __getstate__(self):
+        d = self.__dict__.copy(); d.pop('_pipe', None); d.pop('_shm', None); return d
     def _shared(self, fetches):
         wi = torch.utils.data.get_worker_info()
         ring = self.ring[wi.id] if self.ring is not None else None
-        pool = self.ds.reader._pool = _ShmPool(ring, wi.id)
+        key = (wi.id, None if ring is None else ring.data_ptr())
+        # Persistent workers keep their arenas across epochs (new ones are fresh shm pages to fault in, on both sides),
+        # once the previous epoch's read-ahead thread, which may still be filling one, has stopped.
+        if not _halt(self.__dict__.setdefault('_pipe', [])) or getattr(self, '_shm', None) is None or self._shm[0] != key:
+            self._shm = (key, _ShmPool(ring, wi.id))
+        pool = self.ds.reader._pool = self._shm[1]
         _Compiled.autoload = False   # workers read through the compiled loop only if inherited: loading it (~0.3 s of
                                      # GIL-bound work) would delay the fetch this process is sending
         if wi.id and self.go is not None:          # let worker 0 read the first fetch alone (time to first batch)
@@ -469,7 +488,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #7dff80b0
+# %% ../nbs/04_loaders.ipynb #0e8fd2fc
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -515,7 +534,10 @@ class AnnDataLoader(DataLoader):
             return
         # fetch buffers go back to their worker once densified: only when the main process densifies every batch
         stream.ring = self._ring if ds.output == 'dense' and ds.before_dense is None else None
-        ring, held = stream.ring, {}
+        ring, held = stream.ring, self.__dict__.setdefault('_held', {})   # held across epochs, like the workers' arenas
+        # an earlier iteration left unfinished (a `break`, Lightning's limit_*_batches) may still be pulling from the
+        # persistent workers' iterator that `super().__iter__()` resets: stop its threads first
+        _halt(self.__dict__.setdefault('_pipe', []))
         if ring is not None: ring.zero_()                 # nothing is in flight when an epoch starts
         if stream.go is not None: stream.go.zero_()
         def work(item):                                 # densify a worker's fetch in a main-process thread
@@ -531,7 +553,7 @@ class AnnDataLoader(DataLoader):
             while item: yield ds._densify(_unpack(item.pop()))
             if ring is not None:
                 for w, k in slots: ring[w, k] = 0       # densified: the worker may refill these arenas
-        for b in _pipelined(super().__iter__(), work, ds.num_threads if ds.prefetch else 1): yield ds._after(b)
+        for b in _pipelined(super().__iter__(), work, ds.num_threads if ds.prefetch else 1, handle=self._pipe): yield ds._after(b)
 
     def __len__(self) -> int: return len(self.ann_dataset)
     def set_epoch(self, epoch: int): self.ann_dataset.set_epoch(epoch)

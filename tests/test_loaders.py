@@ -305,3 +305,19 @@ def test_exit_hook_stops_unfinished_loops_and_workers_persist_by_default(data):
     assert make_dataloader(AnnDataset(paths, **KW), num_workers=1).persistent_workers is True
     assert make_dataloader(AnnDataset(paths, **KW), num_workers=1, persistent_workers=False).persistent_workers is False
     assert make_dataloader(AnnDataset(paths, **KW), num_workers=0).persistent_workers is False
+
+
+def test_persistent_workers_keep_arenas_across_epochs_and_abandoned_epochs(data):
+    "Workers reuse their shared-memory arenas from epoch to epoch; an epoch left after a few batches corrupts nothing later."
+    paths, adatas, X = data
+    ds = AnnDataset(paths, batch_size=4, strategy='random', fetch_factor=2, seed=7)
+    dl = make_dataloader(ds, num_workers=2)
+    it = iter(dl)
+    first = [next(it) for _ in range(3)]                 # abandon epoch 0 with fetches still in flight
+    del it
+    for epoch in (1, 2, 3):
+        dl.set_epoch(epoch)
+        kept = list(dl)
+        for b in kept + first: np.testing.assert_array_equal(b['X'].numpy(), X[b['index'].numpy()])
+        np.testing.assert_array_equal(np.sort(np.concatenate([b['index'].numpy() for b in kept])), np.arange(len(X)))
+    assert dl._held, "the main process keeps the workers' arenas mapped across epochs"
