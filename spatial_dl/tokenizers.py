@@ -420,7 +420,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #c00a34b5
+# %% ../nbs/06_tokenizers.ipynb #46fff94a
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 
 def _row_stats_py(data, a, b):
@@ -452,8 +452,9 @@ def _scan_py(indptr, indices, data, totals, has_totals, known, all_known, target
         elif neg: flags[1] += 1
         elif fr != 0: flags[2] += 1
 
-def _row_keys_py(indices, data, a, b, sc, tok_of, inv_of, buf, o):
-    "Keys (2**42-1 - value_key) << 21 | token of entries a..b of one row that are known and expressed, from buf[o]; their count."
+def _row_keys_py(indices, data, a, b, sc, tok_of, inv_of, buf, o, tb, hi):
+    """Keys hi | (2**42-1 - value_key) << tb | token of entries a..b of one row that are known and expressed, from buf[o];
+    their count. `tb`: bits of the token id; `hi`: high bits common to the row (its place in a slab sorted at once)."""
     k = 0
     for p in range(a, b):
         c = indices[p]; tk = tok_of[c]
@@ -461,11 +462,11 @@ def _row_keys_py(indices, data, a, b, sc, tok_of, inv_of, buf, o):
         v = data[p] * sc
         v = v * inv_of[c]
         if v > 0:
-            buf[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tk; k += 1
+            buf[o + k] = hi | ((_QMAX - (_f64_bits(v) >> 21)) << tb) | tk; k += 1
     return k
 
 def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, target_sum, r0, r1, cnt, dest, dstart, d0,
-                   kept, t_out, ok, flags):
+                   kept, t_out, ok, flags, tb, rmask):
     """`_scan_py` and `_keys_into_py` in one pass per row (its values still in cache), for blocks whose columns are all known
     genes: the layout assumed every stored value positive (cnt = stored values); a row where that fails gets ok = False."""
     for i in range(r0, r1):
@@ -479,18 +480,19 @@ def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, ta
         elif fr != 0: flags[2] += 1
         k = 0
         if (npos if sc > 0 else 0) != cnt[i]: ok[i] = False
-        elif cnt[i] > 0: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, dest, dstart[i] - d0)
+        elif cnt[i] > 0: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, dest, dstart[i] - d0, tb, ((i - r0) & rmask) << (tb + 42))
         kept[i] = k
 
-def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, dest, dstart, d0, kept):
-    """Rows r0..r1: keys (2**42-1 - value_key) << 21 | token of the kept entries at dest[dstart[i] - d0:] (a per-thread
-    scratch holding the keys of a few rows); kept counts."""
+def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, dest, dstart, d0, kept, tb, rmask):
+    """Rows r0..r1: keys (i - r0) & rmask << (tb + 42) | (2**42-1 - value_key) << tb | token of the kept entries at
+    dest[dstart[i] - d0:] (a per-thread scratch holding the keys of a slab of rows); kept counts."""
     for i in range(r0, r1):
         k = 0
-        if cnt[i] > 0: k = _row_keys(indices, data, indptr[i], indptr[i + 1], sc[i], tok_of, inv_of, dest, dstart[i] - d0)
+        if cnt[i] > 0: k = _row_keys(indices, data, indptr[i], indptr[i + 1], sc[i], tok_of, inv_of, dest, dstart[i] - d0,
+                                     tb, ((i - r0) & rmask) << (tb + 42))
         kept[i] = k
 
-def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty, acc, mark):
+def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty, acc, mark, tb):
     "Rows r0..r1 of M @ Xn (neighbours' summed counts, float64) and M @ tn (their totals), keyed like a spot, without materialising M @ Xn."
     for i in range(r0, r1):
         o = starts[i]; m = 0; nt = 0.0; anynz = False
@@ -513,7 +515,7 @@ def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, 
             v = v * inv_of[c]
             acc[c] = 0.0; mark[c] = 0
             if v > 0:
-                keys[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << 21) | tok_of[c]; k += 1
+                keys[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << tb) | tok_of[c]; k += 1
         kept[i] = k
 
 def _ids_part(out, o, n, keys, s, mask):
@@ -824,7 +826,7 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #f78f5706
+# %% ../nbs/06_tokenizers.ipynb #a1cac7b0
 def _as_csr(X) -> sp.csr_matrix:
     "X as CSR without copying when it already is (re-wrapping a CSR whose arrays are views makes scipy copy them)."
     return X if isinstance(X, (sp.csr_matrix, getattr(sp, 'csr_array', sp.csr_matrix))) else sp.csr_matrix(X)
@@ -857,7 +859,12 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
     L = self.model_input_size
     cap = L - 2 if (self.special_tokens and self.mode == 'spot') else (L - 1 if self.special_tokens else L)
     s1 = 1 if self.special_tokens else 0
-    mask = (1 << _TOK_BITS) - 1
+    # keys: [row in slab: 4 bits][2**42-1 - value_key: 42 bits][token id: tb bits]. With the row on top, one sort orders
+    # a whole slab (16 rows) row by row: no Python call per row, GIL free; vocabularies over 2**17 tokens: a sort per row
+    tb = max(int(cm.tok.max(initial=1)).bit_length(), 1)
+    rmask = _SLAB - 1 if tb + 42 + (_SLAB - 1).bit_length() <= 63 else 0
+    if not rmask: tb = _TOK_BITS
+    mask = (1 << tb) - 1
 
     def scan(A, tot, has_tot, flags):
         "Totals, scales and kept counts of the rows of CSR A (threads over row ranges)."
@@ -897,7 +904,7 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
             G, tn, xd = Xn.shape[1], np.asarray(tn, np.float64), f64(Xn.data)
             _pmap(lambda a: K.keys_nb(Mp, M.indices, Mw, Xp, Xn.indices, xd, tn, t, cm.tok, cm.inv, self.target_sum, a[0], a[1],
                                       nstart, nkeys, cnt1, nt, empty, _scratch('acc', G, np.float64, zero=True),
-                                      _scratch('mark', G, np.uint8, zero=True)),
+                                      _scratch('mark', G, np.uint8, zero=True), tb),
                   _balanced(np.diff(nstart), T), T)
             isolated = int((empty & (t > 0)).sum())
         else:                                                  # precomputed neighbour sums: a second CSR part
@@ -936,16 +943,23 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
             b = min(a + _SLAB, rng[1])
             d0 = s0l[a]; k0 = _scratch('k0', s0l[b] - d0, np.int64)
             if speculate: K.keys_fused(ip0, X.indices, xdata, t_in, has_t, tok, inv, self.target_sum, a, b, cnt0, k0, S0, d0,
-                                       kept0, t_out, ok, flags[th])
-            else: K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, k0, S0, d0, kept0)
+                                       kept0, t_out, ok, flags[th], tb, rmask)
+            else: K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, k0, S0, d0, kept0, tb, rmask)
             if N is not None:
                 d1 = s1l[a]; k1 = _scratch('k1', s1l[b] - d1, np.int64)
-                K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, k1, S1, d1, kept1)
+                K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, k1, S1, d1, kept1, tb, rmask)
             elif nbrs is not None: d1, k1 = 0, nkeys
             else: d1, k1 = 0, none
-            for i in range(a, b):                              # numpy's SIMD sort of int64 keys (GIL released)
-                if c0[i] > 1: o = s0l[i] - d0; k0[o:o + c0[i]].sort()
-                if c1[i] > 1: o = s1l[i] - d1; k1[o:o + c1[i]].sort()
+            # numpy's SIMD sort of int64 keys (GIL released): a slab at once, or row by row (neighbour keys made in place)
+            if rmask:
+                k0.sort()
+                if N is not None: k1.sort()
+            else:
+                for i in range(a, b):
+                    if c0[i] > 1: o = s0l[i] - d0; k0[o:o + c0[i]].sort()
+            if not rmask or nbrs is not None:
+                for i in range(a, b):
+                    if c1[i] > 1: o = s1l[i] - d1; k1[o:o + c1[i]].sort()
             K.finish(flat, base, total, -1 if ragged else w, self.special_tokens, cls_id, eos_id, self.td.pad_id, mask, a, b,
                      off0, len0, k0, S0, d0, off1, len1, k1, S1, d1)
     _pmap(work, list(enumerate(_balanced(cnt0 + cnt1 + 1, T))), T)
