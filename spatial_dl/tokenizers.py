@@ -420,7 +420,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #46fff94a
+# %% ../nbs/06_tokenizers.ipynb #dcc38732
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 
 def _row_stats_py(data, a, b):
@@ -492,8 +492,11 @@ def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, dest, 
                                      tb, ((i - r0) & rmask) << (tb + 42))
         kept[i] = k
 
-def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty, acc, mark, tb):
-    "Rows r0..r1 of M @ Xn (neighbours' summed counts, float64) and M @ tn (their totals), keyed like a spot, without materialising M @ Xn."
+def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty, acc, tb):
+    """Rows r0..r1 of M @ Xn (neighbours' summed counts, float64) and M @ tn (their totals), keyed like a spot, without
+    materialising M @ Xn. Sums go to the dense `acc` (all zero between rows); a column is listed (branch-free) whenever
+    its sum is still 0, so every nonzero sum is listed, at most once per stored value (repeats — after adding a zero —
+    find their sum already taken and reset, and are skipped); unknown genes are dropped when the sums are keyed."""
     for i in range(r0, r1):
         o = starts[i]; m = 0; nt = 0.0; anynz = False
         for q in range(Mp[i], Mp[i + 1]):
@@ -503,9 +506,9 @@ def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, 
                 x = w * Xd[p]
                 anynz |= x != 0
                 c = Xi[p]
-                if tok_of[c] < 0: continue
-                keys[o + m] = c; m += 1 - mark[c]; mark[c] = 1      # branch-free: a column is listed once, when first seen
-                acc[c] += x
+                a = acc[c]
+                keys[o + m] = c; m += a == 0
+                acc[c] = a + x
         nt_out[i] = nt; empty[i] = not anynz
         sc = target_sum / nt if (spot_t[i] > 0 and nt > 0) else 0.0
         k = 0
@@ -513,9 +516,10 @@ def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, 
             c = keys[o + j]
             v = acc[c] * sc
             v = v * inv_of[c]
-            acc[c] = 0.0; mark[c] = 0
-            if v > 0:
-                keys[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << tb) | tok_of[c]; k += 1
+            acc[c] = 0.0
+            tk = tok_of[c]
+            if v > 0 and tk >= 0:
+                keys[o + k] = ((_QMAX - (_f64_bits(v) >> 21)) << tb) | tk; k += 1
         kept[i] = k
 
 def _ids_part(out, o, n, keys, s, mask):
@@ -826,7 +830,7 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #a1cac7b0
+# %% ../nbs/06_tokenizers.ipynb #7f42b354
 def _as_csr(X) -> sp.csr_matrix:
     "X as CSR without copying when it already is (re-wrapping a CSR whose arrays are views makes scipy copy them)."
     return X if isinstance(X, (sp.csr_matrix, getattr(sp, 'csr_array', sp.csr_matrix))) else sp.csr_matrix(X)
@@ -898,13 +902,12 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
             if cm.agg is not None: Xn = (Xn @ cm.agg).tocsr()
             Mp, Mw, Xp = M.indptr.astype(np.int64, copy=False), M.data.astype(np.float64, copy=False), Xn.indptr.astype(np.int64, copy=False)
             cs = np.zeros(len(M.indices) + 1, np.int64); np.cumsum(np.diff(Xp)[M.indices], out=cs[1:])
-            bound = np.minimum(cs[Mp[1:]] - cs[Mp[:-1]], int(cm.known.sum())) + 1   # + 1: the kernel's branch-free write may touch one more
+            bound = cs[Mp[1:]] - cs[Mp[:-1]] + 1               # columns listed <= stored values summed (+ 1: a branch-free write)
             nstart = np.zeros(n + 1, np.int64); np.cumsum(bound, out=nstart[1:])
             nkeys, cnt1, nt, empty = _scratch('nkeys', int(nstart[-1]), np.int64), np.empty(n, np.int64), np.empty(n), np.empty(n, np.bool_)
             G, tn, xd = Xn.shape[1], np.asarray(tn, np.float64), f64(Xn.data)
             _pmap(lambda a: K.keys_nb(Mp, M.indices, Mw, Xp, Xn.indices, xd, tn, t, cm.tok, cm.inv, self.target_sum, a[0], a[1],
-                                      nstart, nkeys, cnt1, nt, empty, _scratch('acc', G, np.float64, zero=True),
-                                      _scratch('mark', G, np.uint8, zero=True), tb),
+                                      nstart, nkeys, cnt1, nt, empty, _scratch('acc', G, np.float64, zero=True), tb),
                   _balanced(np.diff(nstart), T), T)
             isolated = int((empty & (t > 0)).sum())
         else:                                                  # precomputed neighbour sums: a second CSR part
@@ -1108,7 +1111,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #df40e23a
+# %% ../nbs/06_tokenizers.ipynb #6df8531a
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str) -> sp.csr_matrix:
     "The neighbour graph of one file/AnnData: obsp[graph_key] if present, else built from obsm[coord_key]."
     A = obsp.get(self.graph_key) if obsp is not None else None
@@ -1144,9 +1147,9 @@ def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, total
     if self.mode == 'spot' and not self.stformer_compat:     # row chunks: scratch memory stays small (and warm)
         tot = None if totals is None else np.asarray(totals, np.float64)
         if tot is not None and len(tot) != X.shape[0]: raise TokenizerError(f"totals: {len(tot)} values for {X.shape[0]} cells ({where})")
-        return [ids for a in range(0, X.shape[0], _ADATA_ROWS)
-                for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids,
-                                               None if tot is None else tot[a:a + _ADATA_ROWS], where=where, dtype=dtype)]
+        return [ids for a in range(0, X.shape[0], _SPOT_ROWS)
+                for ids in self.tokenize_block(_row_block(X, a, a + _SPOT_ROWS), gene_ids,
+                                               None if tot is None else tot[a:a + _SPOT_ROWS], where=where, dtype=dtype)]
     if self.mode == 'spot': return self.tokenize_block(X, gene_ids, totals, where=where, dtype=dtype)
     A = self._graph_for(*graph(), X.shape[0], where)
     if self.stformer_compat:
@@ -1160,7 +1163,8 @@ def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, total
             for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids, t[a:a + _ADATA_ROWS], where=where,
                                            neighbor_rows=(A[a:a + _ADATA_ROWS], X, t), dtype=dtype)]
 
-_ADATA_ROWS = 512     # tokenize_adata works in blocks of this many cells (smaller: less fresh output memory to fault in)
+_ADATA_ROWS = 512     # tokenize_adata works in blocks of this many cells in neighbourhood mode (its neighbour keys: scratch memory)
+_SPOT_ROWS = 4096     # and of this many in spot mode (scratch per 16 rows: larger blocks only save per-block overhead)
 
 def _row_block(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
     "Rows a..b of CSR X sharing its data and indices (scipy's row slicing copies them)."

@@ -202,6 +202,26 @@ def test_compiled_kernels_equal_numpy_steps(slides, vocab, monkeypatch, mode, sp
 
 
 @pytest.mark.skipif(T._numba_fill() is None, reason='numba is not installed')
+def test_neighbour_kernel_with_stored_zeros_zero_weights_and_unknown_genes(monkeypatch):
+    "The fused neighbour sums list a column again after a zero was added to it; those repeats and unknown genes add no token."
+    rng = np.random.default_rng(8)
+    genes = [f"g{j}" for j in range(120)]
+    med = {g: float(rng.integers(1, 5)) for g in genes[::2] + genes[1::6]}      # about 60% of the genes known
+    td = TokenDictionary.build(rng.permutation(genes))
+    X = sp.random(200, 120, density=0.2, format='csr', random_state=9, data_rvs=lambda k: rng.integers(1, 6, k)).astype(np.float32)
+    X.data[::7] = 0                                                             # explicitly stored zeros
+    M = sp.random(200, 200, density=0.03, format='csr', random_state=10, data_rvs=lambda k: rng.integers(0, 3, k)).astype(np.float32)
+    assert (M.data == 0).any() and (X.data == 0).any()
+    t = np.asarray(X.sum(1), np.float64).ravel()
+    def run():
+        tok = RankValueTokenizer(td, med, 40, mode='neighborhood', num_threads=2)
+        return tok.tokenize_block_padded(X, genes, t, neighbor_rows=(M, X, t))
+    (fi, fl), _ = run(), monkeypatch.setattr(T, '_NUMBA', False)
+    si, sl = run()
+    assert np.array_equal(fl, sl) and np.array_equal(fi, si) and fl.max() > 40
+
+
+@pytest.mark.skipif(T._numba_fill() is None, reason='numba is not installed')
 def test_all_known_genes_fast_path_and_its_fallbacks(monkeypatch):
     "Spot blocks whose genes are all known skip the scan; stored zeros, zero totals and bad values still give the numpy steps' answer."
     rng = np.random.default_rng(5)
