@@ -420,7 +420,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #dcc38732
+# %% ../nbs/06_tokenizers.ipynb #85cc9862
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 
 def _row_stats_py(data, a, b):
@@ -466,7 +466,7 @@ def _row_keys_py(indices, data, a, b, sc, tok_of, inv_of, buf, o, tb, hi):
     return k
 
 def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, target_sum, r0, r1, cnt, dest, dstart, d0,
-                   kept, t_out, ok, flags, tb, rmask):
+                   kept, t_out, ok, flags, tb, rmask, cap, longbuf, lstart):
     """`_scan_py` and `_keys_into_py` in one pass per row (its values still in cache), for blocks whose columns are all known
     genes: the layout assumed every stored value positive (cnt = stored values); a row where that fails gets ok = False."""
     for i in range(r0, r1):
@@ -480,16 +480,19 @@ def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, ta
         elif fr != 0: flags[2] += 1
         k = 0
         if (npos if sc > 0 else 0) != cnt[i]: ok[i] = False
+        elif cnt[i] > cap: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, longbuf, lstart[i], tb, 0)
         elif cnt[i] > 0: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, dest, dstart[i] - d0, tb, ((i - r0) & rmask) << (tb + 42))
         kept[i] = k
 
-def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, dest, dstart, d0, kept, tb, rmask):
+def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, dest, dstart, d0, kept, tb, rmask, cap, longbuf, lstart):
     """Rows r0..r1: keys (i - r0) & rmask << (tb + 42) | (2**42-1 - value_key) << tb | token of the kept entries at
-    dest[dstart[i] - d0:] (a per-thread scratch holding the keys of a slab of rows); kept counts."""
+    dest[dstart[i] - d0:] (a per-thread scratch holding the keys of a slab of rows, or the row's place in the output),
+    or at longbuf[lstart[i]:] when more than `cap` (rows to truncate); kept counts."""
     for i in range(r0, r1):
         k = 0
-        if cnt[i] > 0: k = _row_keys(indices, data, indptr[i], indptr[i + 1], sc[i], tok_of, inv_of, dest, dstart[i] - d0,
-                                     tb, ((i - r0) & rmask) << (tb + 42))
+        a, b = indptr[i], indptr[i + 1]
+        if cnt[i] > cap: k = _row_keys(indices, data, a, b, sc[i], tok_of, inv_of, longbuf, lstart[i], tb, 0)
+        elif cnt[i] > 0: k = _row_keys(indices, data, a, b, sc[i], tok_of, inv_of, dest, dstart[i] - d0, tb, ((i - r0) & rmask) << (tb + 42))
         kept[i] = k
 
 def _keys_nb_py(Mp, Mi, Mw, Xp, Xi, Xd, tn, spot_t, tok_of, inv_of, target_sum, r0, r1, starts, keys, kept, nt_out, empty, acc, tb):
@@ -527,13 +530,15 @@ def _ids_part(out, o, n, keys, s, mask):
     for j in range(n): out[o + j] = keys[s + j] & mask
 
 def _finish_py(out, base, total, w, special, cls_id, eos_id, pad_id, mask, r0, r1,
-               off0, len0, keys0, start0, d0, off1, len1, keys1, start1, d1):
+               off0, len0, keys0, start0, d0, off1, len1, keys1, start1, d1, cnt0, cap0, long0, lstart0):
     """Rows r0..r1 of the flat output (any integer dtype) after sorting: each part's first len token ids from its sorted keys
-    (keys0[start0[r] - d0:], keys1[start1[r] - d1:]); <cls>/<eos> when framing; '<pad>' up to width w (w < 0: ragged)."""
+    (keys0[start0[r] - d0:] or, with more than cap0, long0[lstart0[r]:]; keys1[start1[r] - d1:]); <cls>/<eos> when
+    framing; '<pad>' up to width w (w < 0: ragged)."""
     for r in range(r0, r1):
         b = base[r]; t = total[r]
         if t > 0:
-            _ids_part(out, b + off0[r], len0[r], keys0, start0[r] - d0, mask)
+            if cnt0[r] > cap0: _ids_part(out, b + off0[r], len0[r], long0, lstart0[r], mask)
+            else: _ids_part(out, b + off0[r], len0[r], keys0, start0[r] - d0, mask)
             _ids_part(out, b + off1[r], len1[r], keys1, start1[r] - d1, mask)
             if special:
                 out[b] = cls_id; out[b + t - 1] = eos_id
@@ -830,12 +835,13 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #7f42b354
+# %% ../nbs/06_tokenizers.ipynb #1fd9b679
 def _as_csr(X) -> sp.csr_matrix:
     "X as CSR without copying when it already is (re-wrapping a CSR whose arrays are views makes scipy copy them)."
     return X if isinstance(X, (sp.csr_matrix, getattr(sp, 'csr_array', sp.csr_matrix))) else sp.csr_matrix(X)
 
 _SLAB = 16            # rows keyed, sorted and finished together (their keys stay in cache)
+_NO_CAP = np.iinfo(np.int64).max
 
 def _balanced(weights: np.ndarray, k: int) -> list:
     "k contiguous (lo, hi) row ranges of about equal total weight."
@@ -928,13 +934,24 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
     else: base = np.arange(n, dtype=np.int64) * w; out = _OUT.array((n, w), dtype)
     flat = out.reshape(-1)
     # keys of a slab of rows go to a per-thread scratch (warm memory), where each row's keys are sorted; only the ids
-    # (the low bits of the first len keys) are written to the output: less fresh memory, any output dtype
+    # (the low bits of the first len keys) are written to the output: less fresh memory, any output dtype. Padded int64
+    # output (batches) is keyed and sorted in place instead, rows to truncate aside: the output's lines are fetched
+    # while keys are computed rather than in a separate copy (~10% faster on 1,500-gene cells).
+    inplace = not ragged and out.dtype == np.int64
     S0 = np.zeros(n + 1, np.int64); np.cumsum(cnt0, out=S0[1:])
     if N is not None: S1 = np.zeros(n + 1, np.int64); np.cumsum(cnt1, out=S1[1:])
     elif nbrs is not None: S1 = nstart                         # neighbour keys were made in place, in nkeys
     else: S1 = none
+    if inplace:
+        cap0, rm0, dst0 = cap, 0, base + off0
+        big = np.where(cnt0 > cap, cnt0, 0); lstart0 = np.zeros(n, np.int64); np.cumsum(big[:-1], out=lstart0[1:])
+        long0 = _scratch('long0', int(big.sum()), np.int64)
+    else:
+        cap0, rm0, long0, lstart0, l0l = _NO_CAP, rmask, none, none, None
+        if rmask and cnt0.sum() > 700 * n: rm0 = 0                # long rows: a sort per row is cheaper than per slab
     kept0, kept1 = np.empty(n, np.int64), np.empty(n, np.int64)
     c0, c1, s0l, s1l = cnt0.tolist(), cnt1.tolist(), S0.tolist(), S1.tolist()
+    if inplace: s0l, l0l = dst0.tolist(), lstart0.tolist()
     cls_id, eos_id = (self.td.cls_id, self.td.eos_id) if self.special_tokens else (0, 0)
     tok, inv, xdata = cm.tok, cm.inv, f64(X.data)
     ndata = f64(N.data) if N is not None else None
@@ -944,27 +961,30 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
         th, rng = arg
         for a in range(rng[0], rng[1], _SLAB):
             b = min(a + _SLAB, rng[1])
-            d0 = s0l[a]; k0 = _scratch('k0', s0l[b] - d0, np.int64)
-            if speculate: K.keys_fused(ip0, X.indices, xdata, t_in, has_t, tok, inv, self.target_sum, a, b, cnt0, k0, S0, d0,
-                                       kept0, t_out, ok, flags[th], tb, rmask)
-            else: K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, k0, S0, d0, kept0, tb, rmask)
+            if inplace: d0, k0, st0 = 0, flat, dst0
+            else: d0 = s0l[a]; k0 = _scratch('k0', s0l[b] - d0, np.int64); st0 = S0
+            if speculate: K.keys_fused(ip0, X.indices, xdata, t_in, has_t, tok, inv, self.target_sum, a, b, cnt0, k0, st0, d0,
+                                       kept0, t_out, ok, flags[th], tb, rm0, cap0, long0, lstart0)
+            else: K.keys_into(ip0, X.indices, xdata, sc0, tok, inv, a, b, cnt0, k0, st0, d0, kept0, tb, rm0, cap0, long0, lstart0)
             if N is not None:
                 d1 = s1l[a]; k1 = _scratch('k1', s1l[b] - d1, np.int64)
-                K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, k1, S1, d1, kept1, tb, rmask)
+                K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, k1, S1, d1, kept1, tb, rmask, _NO_CAP, none, none)
             elif nbrs is not None: d1, k1 = 0, nkeys
             else: d1, k1 = 0, none
-            # numpy's SIMD sort of int64 keys (GIL released): a slab at once, or row by row (neighbour keys made in place)
-            if rmask:
-                k0.sort()
-                if N is not None: k1.sort()
+            # numpy's SIMD sort of int64 keys (GIL released): a slab at once, or row by row
+            if rm0: k0.sort()
             else:
                 for i in range(a, b):
-                    if c0[i] > 1: o = s0l[i] - d0; k0[o:o + c0[i]].sort()
-            if not rmask or nbrs is not None:
+                    c = c0[i]
+                    if c > 1:
+                        if c > cap0: o = l0l[i]; long0[o:o + c].sort()
+                        else: o = s0l[i] - d0; k0[o:o + c].sort()
+            if rmask and N is not None: k1.sort()
+            elif not rmask or nbrs is not None:
                 for i in range(a, b):
                     if c1[i] > 1: o = s1l[i] - d1; k1[o:o + c1[i]].sort()
             K.finish(flat, base, total, -1 if ragged else w, self.special_tokens, cls_id, eos_id, self.td.pad_id, mask, a, b,
-                     off0, len0, k0, S0, d0, off1, len1, k1, S1, d1)
+                     off0, len0, k0, st0, d0, off1, len1, k1, S1, d1, cnt0, cap0, long0, lstart0)
     _pmap(work, list(enumerate(_balanced(cnt0 + cnt1 + 1, T))), T)
     if speculate:
         if flags.any(): _check_values(X.data, where, self.allow_normalized)   # raises the usual error (or accepts normalised)

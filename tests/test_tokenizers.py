@@ -202,6 +202,24 @@ def test_compiled_kernels_equal_numpy_steps(slides, vocab, monkeypatch, mode, sp
 
 
 @pytest.mark.skipif(T._numba_fill() is None, reason='numba is not installed')
+@pytest.mark.parametrize('density', [0.05, 0.6])   # short rows: a sort per slab of rows; long rows (> 700 genes): a sort per row
+def test_list_and_padded_outputs_of_the_kernels_equal_the_numpy_steps(monkeypatch, density):
+    rng = np.random.default_rng(11)
+    genes = [f"g{j}" for j in range(1500)]
+    med = {g: float(rng.integers(1, 5)) for g in genes[:1400]}
+    td = TokenDictionary.build(rng.permutation(genes))
+    X = sp.random(64, 1500, density=density, format='csr', random_state=12, data_rvs=lambda k: rng.integers(1, 4, k)).astype(np.float32)
+    def run():
+        tok = RankValueTokenizer(td, med, 800, num_threads=2)      # long rows are truncated to 800
+        return tok.tokenize_block_padded(X, genes), [x.tolist() for x in tok.tokenize_block(X, genes)]
+    (fi, fl), flist = run()
+    monkeypatch.setattr(T, '_NUMBA', False)
+    (si, sl), slist = run()
+    assert np.array_equal(fl, sl) and np.array_equal(fi, si) and flist == slist
+    assert flist == [r[:l].tolist() for r, l in zip(si, sl)] and (sl == 800).any() == (density > 0.5)
+
+
+@pytest.mark.skipif(T._numba_fill() is None, reason='numba is not installed')
 def test_neighbour_kernel_with_stored_zeros_zero_weights_and_unknown_genes(monkeypatch):
     "The fused neighbour sums list a column again after a zero was added to it; those repeats and unknown genes add no token."
     rng = np.random.default_rng(8)
