@@ -6,7 +6,7 @@
 __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_medians', 'save_gene_medians', 'load_gene_medians',
            'TokenDictionary', 'value_key', 'RankValueTokenizer', 'tokenize_block_padded', 'tokenize_block',
            'spatial_graph', 'tokenize_adata', 'tokenize_files', 'tokenize_h5ad', 'load_example_lengths',
-           'TokenizeTransform', 'BinnedTokenizer', 'tokenize_main']
+           'TokenizeTransform', 'BinnedTokenizer', 'BinnedTransform', 'tokenize_main']
 
 # %% ../nbs/06_tokenizers.ipynb #a48d55d8
 import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading, itertools
@@ -1665,7 +1665,42 @@ class BinnedTokenizer:
             ids.append(t); vals.append(bv)
         return {'input_ids': ids, 'values': vals}
 
-# %% ../nbs/06_tokenizers.ipynb #876ed428
+# %% ../nbs/06_tokenizers.ipynb #d3682fec
+class BinnedTransform:
+    "Loader hook (`before_dense`): raw CSR batch → padded `input_ids`, `values` (bins), `attention_mask`, `length` (torch tensors)."
+    def __init__(self, tokenizer: BinnedTokenizer, # the tokenizer to apply
+                 reader: H5adCollection, # the collection the dataset reads (same files and var_key)
+                 pad_to: int|None=None, # pad to this width (None: the longest in the batch)
+                 pad_value: int=0, # value bin at padding positions (masked out by attention_mask)
+                 drop_zero: bool=True, # remove cells without expressed known genes (else keep them as all-padding rows)
+                ):
+        if tokenizer.gene_key != getattr(reader, 'var_key', tokenizer.gene_key):
+            raise TokenizerError(f"reader: var_key={reader.var_key!r} but the tokenizer's gene_key={tokenizer.gene_key!r}; "
+                                 f"build the H5adCollection with var_key={tokenizer.gene_key!r}")
+        self.tok, self.reader, self.pad_to, self.pad_value, self.drop_zero = tokenizer, reader, pad_to, pad_value, drop_zero
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+        out = self.tok.tokenize_block(batch.pop('X'), self.reader.var_names, where='batch')
+        ids, vals = out['input_ids'], out['values']
+        lens = np.fromiter(map(len, ids), np.int64, len(ids))
+        n = len(lens)
+        if self.drop_zero and (lens == 0).any():
+            keep = lens > 0
+            ids, vals, lens = [x for x, k in zip(ids, keep) if k], [x for x, k in zip(vals, keep) if k], lens[keep]
+            for k, v in list(batch.items()):
+                if hasattr(v, '__len__') and not isinstance(v, (str, bytes)) and len(v) == n: batch[k] = v[keep]
+        longest = int(lens.max(initial=0))
+        w = longest if self.pad_to is None else self.pad_to
+        if longest > w: raise TokenizerError(f"pad_to={self.pad_to} is shorter than a sequence of {longest} tokens")
+        mask = np.arange(w)[None, :] < lens[:, None]
+        I, V = np.full(mask.shape, self.tok.td.pad_id, np.int64), np.full(mask.shape, self.pad_value, np.int64)
+        if len(ids): I[mask], V[mask] = np.concatenate(ids), np.concatenate(vals)
+        batch.update(input_ids=torch.from_numpy(I), values=torch.from_numpy(V), attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                     length=torch.from_numpy(lens))
+        return batch
+
+# %% ../nbs/06_tokenizers.ipynb #b613c548
 def _expand_inputs(items) -> list[str]:
     out = []
     for it in items:

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 import spatial_dl.tokenizers as T
 from spatial_dl.tokenizers import (TokenDictionary, RankValueTokenizer, BinnedTokenizer, MedianAccumulator, TokenizerError,
                                    gene_medians, save_gene_medians, load_gene_medians, tokenize_h5ad, load_example_lengths,
-                                   TokenizeTransform, tokenize_main, spatial_graph, value_key)
+                                   TokenizeTransform, BinnedTransform, tokenize_main, spatial_graph, value_key)
 from spatial_dl.readers import H5adCollection
 from spatial_dl.datasets import write_spatial_dataset, simulate_spatial, hex_neighbors
 
@@ -363,6 +363,25 @@ def test_on_disk_equals_on_the_fly_across_ranks_and_workers(tmp_path, slides, vo
             assert (b['attention_mask'] == (torch.arange(b['input_ids'].shape[1])[None] < b['length'][:, None])).all()
             assert b['input_ids'].shape[1] == int(b['length'].max())
     assert sorted(seen) == list(range(288))
+
+
+def test_binned_on_the_fly_equals_direct_tokenization_with_workers(slides, vocab):
+    from spatial_dl.loaders import AnnDataset, make_dataloader
+    td, _ = vocab
+    reader = H5adCollection(slides)
+    dset = AnnDataset(reader, batch_size=40, strategy='random', seed=1,
+                      before_dense=BinnedTransform(BinnedTokenizer(td, 21, max_length=30), reader, pad_to=32, pad_value=-2))
+    ref = BinnedTokenizer(td, 21, max_length=30).tokenize_block(reader.read(np.arange(reader.n_obs)).X, reader.var_names)
+    seen = []
+    for b in make_dataloader(dset, num_workers=2):
+        assert b['input_ids'].shape == b['values'].shape == b['attention_mask'].shape == (len(b['index']), 32)
+        for g, ids, v, l in zip(b['index'].tolist(), b['input_ids'], b['values'], b['length'].tolist()):
+            assert ids[:l].tolist() == ref['input_ids'][g].tolist() and v[:l].tolist() == ref['values'][g].tolist()
+            assert (ids[l:] == td.pad_id).all() and (v[l:] == -2).all() and 0 < l <= 30
+            seen.append(g)
+    assert sorted(seen) == list(range(reader.n_obs))
+    with pytest.raises(TokenizerError, match='pad_to=8 is shorter'):
+        BinnedTransform(BinnedTokenizer(td, 21), reader, pad_to=8)({'X': reader.read(np.arange(4)).X})
 
 
 def test_writer_drops_zero_cells_and_counts_unknown_genes(tmp_path, vocab):
