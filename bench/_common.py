@@ -391,6 +391,7 @@ def time_batches(batches, # an iterable of batches
                  consume=None, # batch -> None, e.g. a check or a reduction so lazy work is done; default nothing
                  warmup_s: float=0.0, # ... and warm-up lasts at least this long after the first batch
                  align: int=1, # warm-up ends after 1 + warmup + a multiple of `align` batches
+                 min_seconds: float=0.0, # ... and timing goes on past `n_batches` (in whole `align`s) until this long
                 ) -> dict:
     """Iterate `batches`, returning time to first batch, steady-state and overall throughput.
 
@@ -412,7 +413,8 @@ def time_batches(batches, # an iterable of batches
                 t_steady0, warm_b = now, n_b
         elif n_b > warm_b:
             n_steady += k
-            if n_b - warm_b >= n_batches or now - t_steady0 >= max_seconds: break
+            done = n_b - warm_b >= n_batches and now - t_steady0 >= min_seconds and (n_b - warm_b) % align == 0
+            if done or now - t_steady0 >= max_seconds: break
     t_end = time.perf_counter()
     steady_s = (t_end - t_steady0) if t_steady0 is not None else float('nan')
     return {'first_batch_s': t_first if t_first is not None else float('nan'),

@@ -174,7 +174,7 @@ def _epochs(make):
 
 
 def _measure(batches, path, n_vars, labels, labels_of, n_batches, warmup, max_seconds, t_start, check_rows=None,
-             warmup_s=0.0):
+             warmup_s=0.0, min_seconds=0.0):
     """Time `batches` (dicts); collect labels for TV; check the first batch's values against h5py.
 
     `t_start`: when the candidate began building its loader (after imports): first-batch time and the overall
@@ -192,6 +192,7 @@ def _measure(batches, path, n_vars, labels, labels_of, n_batches, warmup, max_se
         if not first and check_rows is not None: first.update(X=X[:8].clone(), rows=check_rows(b)[:8])
     t_call = time.perf_counter()
     r = time_batches(batches, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds, warmup_s=warmup_s, align=16,
+                     min_seconds=min_seconds,
                      count=lambda b: (b['X'] if isinstance(b, dict) else b[0]).shape[0], consume=consume)
     extra = t_call - t_start   # setup: opening the file, building the loader, loading the matrix
     r['items_per_s_incl_first'] = r['n_items'] / (r['n_items'] / r['items_per_s_incl_first'] + extra)
@@ -216,8 +217,10 @@ def _measure(batches, path, n_vars, labels, labels_of, n_batches, warmup, max_se
 
 
 def _common_kw(path, n_vars, n_batches, warmup, max_seconds, warmup_s=0.0):
+    # fast loaders get through n_batches in well under a second: time them for >= warmup_s too (a steadier figure
+    # that spans epoch boundaries in proportion), slow ones stop after n_batches as before
     return dict(path=path, n_vars=n_vars, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds,
-                warmup_s=warmup_s, labels=read_labels(path))
+                warmup_s=warmup_s, min_seconds=min(warmup_s, max_seconds / 4), labels=read_labels(path))
 
 
 def run_spatial_dl(path, n_vars, batch_size=256, strategy='block', block_size=None, fetch_factor=None, num_workers=0,

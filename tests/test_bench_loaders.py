@@ -109,6 +109,10 @@ def test_time_batches():
     assert r['n_batches'] == 1 + 2 + 5 and r['n_items'] == 80
     assert 100 < r['items_per_s'] < 1100 and r['first_batch_s'] >= 0.009   # ≤ 1000 items/s by construction
     assert C.base_argparser('x').parse_args(['--quick', '--json', 'a.json']).json == 'a.json'
+    # a fast loader is timed past n_batches, in whole `align`s, until min_seconds have passed
+    r = C.time_batches((time.sleep(0.01) or [0] * 10 for _ in range(200)), n_batches=2, warmup=1, align=4, min_seconds=0.2)
+    timed = r['n_batches'] - 2
+    assert r['steady_s'] >= 0.2 and timed % 4 == 0 and timed >= 16, r
 
 
 # ------------------------------------------------------------------------------------------ bench/loaders.py smoke run
