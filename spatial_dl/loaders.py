@@ -386,7 +386,7 @@ def _iter(self: AnnDataset):
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 
-# %% ../nbs/04_loaders.ipynb #e8e87e94
+# %% ../nbs/04_loaders.ipynb #c076cb56
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
@@ -475,8 +475,9 @@ class _FetchStream(IterableDataset):
         if not _halt(self.__dict__.setdefault('_pipe', [])) or getattr(self, '_shm', None) is None or self._shm[0] != key:
             self._shm = (key, _ShmPool(ring, wi.id))
         pool = self.ds.reader._pool = self._shm[1]
-        _Compiled.autoload = False   # workers read through the compiled loop only if inherited: loading it (~0.3 s of
-                                     # GIL-bound work) would delay the fetch this process is sending
+        # Loading the compiled reader (~0.3 s, partly GIL-bound) waits for this worker's third large read, so it does
+        # not hold up the first fetches the main process is waiting for; then reads no longer run Python per row run.
+        _Compiled.python_reads = max(_Compiled.python_reads, 2)
         if wi.id and self.go is not None:          # let worker 0 read the first fetch alone (time to first batch)
             t0 = time.monotonic()
             while int(self.go[0]) == 0 and time.monotonic() - t0 < 30: time.sleep(0.005)

@@ -492,7 +492,7 @@ def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
     m.data, m.indices, m.indptr = data, indices, indptr
     return m
 
-# %% ../nbs/03_readers.ipynb #a71ac41a
+# %% ../nbs/03_readers.ipynb #95c2bd23
 _IOV_MAX = 1024
 
 def _preadv_scatter(fd: int, bufs: list, offset: int):
@@ -548,8 +548,8 @@ def _preadv_groups_py(preadv, fds, offs, g_a, g_b, seg_off, seg_len, base, scrat
     return -1
 
 class _Compiled:
-    "The compiled group reader: loaded by the second large read of a process (~0.3 s)."
-    preadv, kernel, reads, lock, autoload = None, None, 0, threading.Lock(), True
+    "The compiled group reader: loaded by a process's large read number `python_reads + 1` (~0.3 s)."
+    preadv, kernel, reads, lock, python_reads = None, None, 0, threading.Lock(), 1
 
 def _load_compiled():
     _Compiled.preadv = _Compiled.preadv or _libc_preadv()
@@ -569,14 +569,14 @@ _SMALL_READ = 1024   # rows: smaller reads never wait for the compiled reader to
 def _preadv_groups(n_rows: int, # rows about to be read
                    wait: bool=False, # load the compiled reader now if needed (blocking)
                   ):
-    """The compiled group reader and libc's preadv, or None (a small read or the process's first large one, another
+    """The compiled group reader and libc's preadv, or None (a small read or one of the process's first `python_reads` large ones, another
     thread loading it, no numba, no preadv, `SPATIAL_DL_NUMBA=0`): the caller then reads through `os.preadv` from Python."""
     if os.environ.get('SPATIAL_DL_NUMBA', '1') == '0': return None
     if _Compiled.kernel is None:
         if not wait:
-            if n_rows < _SMALL_READ or not _Compiled.autoload: return None
+            if n_rows < _SMALL_READ: return None
             _Compiled.reads += 1
-            if _Compiled.reads == 1: return None
+            if _Compiled.reads <= _Compiled.python_reads: return None
         if not _Compiled.lock.acquire(blocking=wait): return None
         try:
             if _Compiled.kernel is None and _Compiled.preadv is not False:

@@ -321,3 +321,22 @@ def test_persistent_workers_keep_arenas_across_epochs_and_abandoned_epochs(data)
         for b in kept + first: np.testing.assert_array_equal(b['X'].numpy(), X[b['index'].numpy()])
         np.testing.assert_array_equal(np.sort(np.concatenate([b['index'].numpy() for b in kept])), np.arange(len(X)))
     assert dl._held, "the main process keeps the workers' arenas mapped across epochs"
+
+
+def _compiled_flag(batch):
+    from spatial_dl.readers import _Compiled
+    batch['compiled'] = np.full(len(batch['index']), _Compiled.kernel is not None)
+    return batch
+
+
+def test_workers_switch_to_the_compiled_reader_after_their_first_fetches(tmp_path):
+    "A worker reads its first two large fetches through Python (no load delay), then loads the compiled reader."
+    pytest.importorskip('numba')
+    from spatial_dl.datasets import write_cells_h5ad
+    p = write_cells_h5ad(tmp_path / 'cells.h5ad', n_obs=12_288, n_vars=200, nnz_per_cell=20, progress=False)
+    ds = AnnDataset(p, batch_size=256, strategy='random', fetch_factor=4, seed=0, before_dense=_compiled_flag)
+    dl = make_dataloader(ds, num_workers=1, multiprocessing_context='spawn')   # nothing inherited from this process
+    flags = [bool(b['compiled'][0]) for b in dl]
+    assert len(flags) == 48
+    assert not any(flags[:8]), flags          # the first batch alone, then fetches 1 and 2 (1,024 rows each): Python
+    assert all(flags[-16:]), flags            # later fetches: the compiled loop
