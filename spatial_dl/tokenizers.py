@@ -1131,7 +1131,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #6df8531a
+# %% ../nbs/06_tokenizers.ipynb #a2d0ffb5
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str) -> sp.csr_matrix:
     "The neighbour graph of one file/AnnData: obsp[graph_key] if present, else built from obsm[coord_key]."
     A = obsp.get(self.graph_key) if obsp is not None else None
@@ -1183,7 +1183,7 @@ def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, total
             for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids, t[a:a + _ADATA_ROWS], where=where,
                                            neighbor_rows=(A[a:a + _ADATA_ROWS], X, t), dtype=dtype)]
 
-_ADATA_ROWS = 512     # tokenize_adata works in blocks of this many cells in neighbourhood mode (its neighbour keys: scratch memory)
+_ADATA_ROWS = 1024    # tokenize_adata works in blocks of this many cells in neighbourhood mode (their neighbour keys: ~20 MB of scratch)
 _SPOT_ROWS = 4096     # and of this many in spot mode (scratch per 16 rows: larger blocks only save per-block overhead)
 
 def _row_block(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
