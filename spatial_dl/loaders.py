@@ -86,7 +86,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #926bd0b7
+# %% ../nbs/04_loaders.ipynb #27c5e715
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -154,7 +154,7 @@ class AnnDataset(IterableDataset):
         "Use epoch `epoch`'s order on the next iteration (a new order per epoch, the same for the same seed and epoch)."
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch, self._epochs_set = int(epoch), True
     def _rank_world(self) -> tuple[int, int]: return rank_and_world(self.rank, self.world_size)
     def __len__(self) -> int:
         "Mini-batches per rank per epoch (the same on every rank)."
@@ -165,6 +165,7 @@ class AnnDataset(IterableDataset):
                 f"strategy={self.strategy!r}, output={self.output!r}, rank {r}/{w}, epoch {self.epoch}, {len(self)} batches)")
     def __getstate__(self):
         d = self.__dict__.copy()
+        d.pop('_ahead', None)                  # a read of the next epoch in progress stays with this process
         if d['rank'] is None:
             # Inside a distributed job, spawned DataLoader workers cannot discover the rank: pin it. Outside one (e.g. a
             # parent about to start DDP processes with spawn), leave it to be discovered in the process that iterates.
@@ -196,10 +197,10 @@ class AnnDataset(IterableDataset):
         return self.strategy.plan(self.indices, self.batch_size, self.seed, self.epoch if epoch is None else epoch,
                                   DistInfo(r, w, worker, num_workers), self.drop_last, self.pad)
 
-# %% ../nbs/04_loaders.ipynb #54a76cec
-def _load_fetch(self: AnnDataset, rows: np.ndarray) -> list[dict]:
-    "Read one fetch and cut it into raw mini-batches (numpy/scipy, `before_dense` applied)."
-    blk = self.reader.read(rows)
+# %% ../nbs/04_loaders.ipynb #86a166a5
+def _load_fetch(self: AnnDataset, rows: np.ndarray, blk=None) -> list[dict]:
+    "Read one fetch (unless `blk` holds it already) and cut it into raw mini-batches (numpy/scipy, `before_dense` applied)."
+    if blk is None: blk = self.reader.read(rows)
     out, b = [], self.batch_size
     for a in range(0, len(rows), b):
         e = min(a + b, len(rows))
@@ -339,7 +340,7 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2,
             yield b
     finally: stop.set(); _LIVE.pop(id(stop), None)
 
-# %% ../nbs/04_loaders.ipynb #83ef0c92
+# %% ../nbs/04_loaders.ipynb #0afbee8d
 def _iter_fetches(self: AnnDataset, fetches, handle: list|None=None) -> 'Iterator[list[dict]]':
     "Raw mini-batches of each fetch (for DataLoader workers), the next fetch read by a background thread."
     if not self.prefetch: 
@@ -364,11 +365,39 @@ def _worker_fetches(self: AnnDataset, epoch: int|None=None) -> list:
     # workers take fetches round-robin from the rank's list, so skip on the whole list first, then deal it out
     return _skip_batches(self.plan(epoch).fetches, skip, self.batch_size)[d.worker::d.num_workers]
 
-def _densified(self: AnnDataset, f: np.ndarray):
-    "Read fetch `f` and yield its finished (densified) batches, dropping each raw batch once used."
-    item = self._load_fetch(f)
+def _densify_all(self: AnnDataset, item: list):
+    "Yield the finished (densified) batches of a loaded fetch, dropping each raw batch once used."
     item.reverse()
     while item: yield self._densify(item.pop())
+
+def _densified(self: AnnDataset, f: np.ndarray):
+    "Read fetch `f` and yield its finished (densified) batches."
+    return self._densify_all(self._load_fetch(f))
+
+class _ReadAhead:
+    "A background read of the fetch the next loop will most likely start with (the next epoch's first one)."
+    def __init__(self, reader, rows: np.ndarray):
+        self.rows, self.blk, self.exc, stop = rows, None, None, threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(reader,), daemon=True, name='spatial_dl-read-ahead')
+        _LIVE[id(self)] = (stop, [self.thread])      # joined at exit like the pipelines' threads
+        self.thread.start()
+    def _run(self, reader):
+        try: self.blk = reader.read(self.rows)
+        except BaseException as e: self.exc = e
+        finally: _LIVE.pop(id(self), None)
+    def take(self, rows: np.ndarray):
+        "The block read for `rows`, or None (other rows: a wrong guess; or the read failed, so the loop reads again)."
+        if len(rows) != len(self.rows) or not np.array_equal(rows, self.rows): return None
+        self.thread.join()
+        return self.blk if self.exc is None else None
+
+def _next_first_fetch(self: AnnDataset) -> np.ndarray|None:
+    "The first fetch of the epoch the next loop will most likely ask for: the next one once `set_epoch` is in use, else this one."
+    e = self.epoch + 1 if getattr(self, '_epochs_set', False) else self.epoch
+    fetches = self.plan(e).fetches
+    return fetches[0] if len(fetches) else None
+
+AnnDataset._next_first_fetch = _next_first_fetch
 
 def _split_first(fetches: list, b: int) -> list:
     "The first fetch as its first batch + the rest (identical batches; the first one arrives after a small read)."
@@ -376,15 +405,28 @@ def _split_first(fetches: list, b: int) -> list:
     return fetches
 
 def _iter(self: AnnDataset):
-    fetches = _split_first(self._worker_fetches(), self.batch_size)
+    fetches = self._worker_fetches()
+    in_worker = torch.utils.data.get_worker_info() is not None     # inside a DataLoader worker: one thread is plenty
+    ahead, self._ahead = getattr(self, '_ahead', None), None
+    blk = ahead.take(fetches[0]) if ahead is not None and fetches else None
     if not self.prefetch:
-        for f in fetches:
+        for f in _split_first(fetches, self.batch_size):
             for b in self._densified(f): yield self._after(b)
         return
-    in_worker = torch.utils.data.get_worker_info() is not None     # inside a DataLoader worker: one thread is plenty
-    for b in _pipelined(fetches, self._densified, 1 if in_worker else self.num_threads): yield self._after(b)
+    if blk is None: fetches = _split_first(fetches, self.batch_size)
+    first, last = fetches[0] if fetches else None, fetches[-1] if fetches else None
+    def work(f):
+        if f is last and not in_worker and len(fetches) > 1:
+            # The last fetch leaves the other thread idle until the loop ends, and the next loop would start with an
+            # empty pipeline: read the next epoch's first fetch now, in the background.
+            nxt = self._next_first_fetch()
+            if nxt is not None: self._ahead = _ReadAhead(self.reader, nxt)
+        if f is first and blk is not None: return self._densify_all(self._load_fetch(f, blk))
+        return self._densified(f)
+    for b in _pipelined(fetches, work, 1 if in_worker else self.num_threads): yield self._after(b)
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
+AnnDataset._densify_all = _densify_all
 
 # %% ../nbs/04_loaders.ipynb #c076cb56
 class _EpochSampler(_InfiniteConstantSampler):

@@ -1,5 +1,6 @@
 "Loaders: exactly-once delivery over ranks × workers, equal batch counts, anndata's values, epochs, fork/spawn."
 import itertools
+import pickle
 
 import anndata as ad
 import numpy as np
@@ -340,3 +341,45 @@ def test_workers_switch_to_the_compiled_reader_after_their_first_fetches(tmp_pat
     assert len(flags) == 48
     assert not any(flags[:8]), flags          # the first batch alone, then fetches 1 and 2 (1,024 rows each): Python
     assert all(flags[-16:]), flags            # later fetches: the compiled loop
+
+
+def _batches(ds, epoch=None):
+    if epoch is not None: ds.set_epoch(epoch)
+    return [(b['index'].numpy().copy(), b['X'].numpy().copy()) for b in ds]
+
+
+@pytest.mark.parametrize('strategy', ['block', 'random', 'sequential'])
+def test_next_epoch_read_ahead_gives_the_planned_batches(data, strategy):
+    "The next epoch's first fetch, read ahead during the last one, is used when the guess is right and dropped when not."
+    paths, adatas, X = data
+    kw = dict(batch_size=8, strategy=strategy, fetch_factor=2, seed=11)
+    ds = AnnDataset(paths, **kw)
+    for epoch in (0, 1, 2, 7, 3):                        # 7 and 3: the read-ahead guessed 3 and 8, wrongly
+        got = _batches(ds, epoch)
+        ref = _batches(AnnDataset(paths, **kw), epoch)   # a fresh dataset: nothing read ahead
+        assert len(got) == len(ref) == len(ds)
+        for (i, x), (j, y) in zip(got, ref):
+            np.testing.assert_array_equal(i, j); np.testing.assert_array_equal(x, X[i]); np.testing.assert_array_equal(x, y)
+        assert ds._ahead is not None and np.array_equal(ds._ahead.rows, ds.plan(epoch + 1).fetches[0])
+    plain = AnnDataset(paths, **kw)                      # set_epoch never called: the guess is the same epoch again
+    a, b = _batches(plain), _batches(plain)
+    assert np.array_equal(plain._ahead.rows, plain.plan(0).fetches[0])
+    for (i, x), (j, y) in zip(a, b): np.testing.assert_array_equal(i, j); np.testing.assert_array_equal(x, y)
+
+
+def test_read_ahead_is_used_and_skipped_batches_are_not(data):
+    "A right guess is consumed (no second read of those rows); a resumed epoch (skip) never takes a whole-fetch guess."
+    paths, adatas, X = data
+    ds = AnnDataset(paths, batch_size=8, strategy='block', block_size=4, fetch_factor=2, seed=2)
+    _batches(ds, 0)
+    ahead = ds._ahead
+    reads = []
+    orig = ds.reader.read
+    ds.reader.read = lambda rows: reads.append(np.array(rows)) or orig(rows)
+    _batches(ds, 1)
+    assert ahead.blk is not None and not any(np.array_equal(r, ahead.rows) for r in reads)   # not read twice
+    ds.set_epoch(2); ds.skip = 3
+    got = [b['index'].numpy().copy() for b in ds]
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(ds.plan(2).fetches)[3 * 8:])
+    del ds.reader.read
+    assert ds._ahead is not None and pickle.loads(pickle.dumps(ds)).__dict__.get('_ahead') is None
