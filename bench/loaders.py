@@ -107,7 +107,7 @@ def ensure_data(data_dir, n_obs: int, n_vars: int, **kw) -> tuple[Path, str]:
 def ensure_anndata_copy(path) -> Path:
     """The same cells written by `anndata.write_h5ad` (chunked data/indices, as real files are), next to `path`.
 
-    The benchmark's own file is written contiguously; files from anndata store X in ~2,000 compressed-layout-free
+    The benchmark's own file is written contiguously; anndata stores X/data and X/indices in ~2,000 uncompressed
     chunks with HDF5 index nodes between runs of them, which a reader must handle to be fast on real data."""
     path = Path(path)
     dest = path.with_name(path.stem + '_anndata.h5ad')
@@ -116,8 +116,10 @@ def ensure_anndata_copy(path) -> Path:
     t0 = time.perf_counter()
     a = ad.read_h5ad(path)
     tmp = dest.with_name(dest.name + '.tmp')
-    a.write_h5ad(tmp)
-    os.replace(tmp, dest)
+    try:
+        a.write_h5ad(tmp)
+        os.replace(tmp, dest)
+    finally: tmp.unlink(missing_ok=True)   # nothing half-written is left behind
     print(f'wrote {dest} with anndata {ad.__version__} in {time.perf_counter() - t0:.1f} s', file=sys.stderr)
     return dest
 

@@ -383,3 +383,20 @@ def test_read_ahead_is_used_and_skipped_batches_are_not(data):
     np.testing.assert_array_equal(np.concatenate(got), np.concatenate(ds.plan(2).fetches)[3 * 8:])
     del ds.reader.read
     assert ds._ahead is not None and pickle.loads(pickle.dumps(ds)).__dict__.get('_ahead') is None
+
+
+def test_failed_read_ahead_falls_back_to_a_normal_read(data):
+    "A read-ahead whose read failed is not used: the loop reads the fetch itself (and raises if that fails too)."
+    from spatial_dl.loaders import _ReadAhead
+    paths, adatas, X = data
+    ds = AnnDataset(paths, batch_size=8, strategy='random', fetch_factor=2, seed=1)
+    class Broken:
+        def read(self, rows): raise OSError('disk went away')
+    first = ds.plan(0).fetches[0]
+    ahead = _ReadAhead(Broken(), first)
+    assert ahead.take(first) is None and isinstance(ahead.exc, OSError)
+    assert ahead.take(first[::-1]) is None                   # other rows: never the guess
+    ds._ahead = _ReadAhead(Broken(), first)
+    got = [(b['index'].numpy(), b['X'].numpy()) for b in ds]
+    np.testing.assert_array_equal(np.concatenate([i for i, _ in got]), np.concatenate(ds.plan(0).fetches))
+    for i, x in got: np.testing.assert_array_equal(x, X[i])
