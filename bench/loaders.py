@@ -104,20 +104,21 @@ def ensure_data(data_dir, n_obs: int, n_vars: int, **kw) -> tuple[Path, str]:
     return path, gen
 
 
-def ensure_anndata_copy(path) -> Path:
-    """The same cells written by `anndata.write_h5ad` (chunked data/indices, as real files are), next to `path`.
+def ensure_anndata_copy(path, compression: str|None=None) -> Path:
+    """The same cells written by `anndata.write_h5ad` (chunked data/indices, as real files are), next to `path`;
+    `compression='gzip'` as `write_h5ad(compression='gzip')` writes them (many published files are).
 
     The benchmark's own file is written contiguously; anndata stores X/data and X/indices in ~2,000 uncompressed
     chunks with HDF5 index nodes between runs of them, which a reader must handle to be fast on real data."""
     path = Path(path)
-    dest = path.with_name(path.stem + '_anndata.h5ad')
+    dest = path.with_name(path.stem + '_anndata' + (f'_{compression}' if compression else '') + '.h5ad')
     if dest.exists(): return dest
     import anndata as ad
     t0 = time.perf_counter()
     a = ad.read_h5ad(path)
     tmp = dest.with_name(dest.name + '.tmp')
     try:
-        a.write_h5ad(tmp)
+        a.write_h5ad(tmp, compression=compression)
         os.replace(tmp, dest)
     finally: tmp.unlink(missing_ok=True)   # nothing half-written is left behind
     print(f'wrote {dest} with anndata {ad.__version__} in {time.perf_counter() - t0:.1f} s', file=sys.stderr)
@@ -376,7 +377,7 @@ def run_annbatch(path, n_vars, **kw) -> dict:
 
 # ================================================================================================ driver
 def candidates(path, n_vars, n_batches, warmup, max_seconds, workers=(1, 2), same_params_row=True, warmup_s=0.0,
-               anndata_path=None) -> dict:
+               anndata_path=None, gzip_path=None) -> dict:
     me = str(Path(__file__).resolve())
     kw = dict(path=str(path), n_vars=n_vars, n_batches=n_batches, warmup=warmup, max_seconds=max_seconds, warmup_s=warmup_s)
     c = {
@@ -389,6 +390,10 @@ def candidates(path, n_vars, n_batches, warmup, max_seconds, workers=(1, 2), sam
     if anndata_path is not None:   # the same cells, chunked as anndata writes them (informational rows)
         for s in ('block', 'random'):
             c[f'spatial_dl {s} (anndata-written file)'] = (f'{me}:run_spatial_dl', dict(kw, path=str(anndata_path), strategy=s))
+    if gzip_path is not None:      # the same cells, gzip-compressed by anndata (informational rows)
+        for s in ('block', 'random'):
+            c[f'spatial_dl {s} (gzip file)'] = (f'{me}:run_spatial_dl', dict(kw, path=str(gzip_path), strategy=s))
+        c['scDataset b16/f16 (gzip file)'] = (f'{me}:run_scdataset', dict(kw, path=str(gzip_path)))
     for w in workers:
         c[f'spatial_dl block, {w} worker' + ('s' if w > 1 else '')] = (f'{me}:run_spatial_dl', dict(kw, strategy='block', num_workers=w))
     c.update({
@@ -499,8 +504,9 @@ def main(argv=None) -> int:
     labels = read_labels(path)
     tv_ideal = ideal_tv(labels)
     anndata_path = None if a.quick else ensure_anndata_copy(path)
+    gzip_path = None if a.quick else ensure_anndata_copy(path, compression='gzip')
     cands = candidates(path, n_vars, n_batches, warmup, max_seconds, same_params_row=not a.quick, warmup_s=warmup_s,
-                       anndata_path=anndata_path)
+                       anndata_path=anndata_path, gzip_path=gzip_path)
     if a.only: cands = {k: v for k, v in cands.items() if any(s.strip() in k for s in a.only.split(','))}
     have_sdl = _avail('spatial_dl.loaders') if _avail('spatial_dl') else False
     skipped = []

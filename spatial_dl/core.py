@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['DistInfo', 'rank_and_world', 'dist_info', 'make_rng', 'seed_everything', 'atomic_write', 'check_positive_int',
-           'check_choice', 'numba_jit']
+           'check_choice', 'numba_jit', 'cpu_count', 'default_threads', 'thread_map']
 
 # %% ../nbs/00_core.ipynb #e5dca589
 import os, random, tempfile, contextlib
@@ -132,3 +132,31 @@ def numba_jit(fn, # a function numba can compile in nopython mode
             _JITTED[fn] = numba.njit(nogil=True, cache=os.path.isfile(src))(fn)
         except ImportError: _JITTED[fn] = None
     return _JITTED[fn]
+
+# %% ../nbs/00_core.ipynb #f6c8df5d
+def cpu_count() -> int:
+    "Cores this process may run on (its CPU affinity), at least 1."
+    try: return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError: return os.cpu_count() or 1
+
+def default_threads(limit: int=8, # never more than this many
+                   ) -> int:
+    "Threads for one call: the available cores (at most `limit`), or 1 inside a DataLoader worker."
+    tud = __import__('sys').modules.get('torch.utils.data')
+    if tud is not None and tud.get_worker_info() is not None: return 1
+    return max(1, min(limit, cpu_count()))
+
+_THREAD_POOL = (None, None)        # (pid, ThreadPoolExecutor)
+def thread_map(fn, # called on every item
+               items: list, # the work
+               n_threads: int, # at most this many threads
+              ) -> list:
+    "`[fn(x) for x in items]` on up to `n_threads` threads of a per-process pool (inline for one thread or one item)."
+    global _THREAD_POOL
+    if n_threads <= 1 or len(items) <= 1: return [fn(x) for x in items]
+    pid, pool = _THREAD_POOL
+    if pid != os.getpid() or pool._max_workers < n_threads:
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(n_threads, thread_name_prefix='spatial_dl')
+        _THREAD_POOL = (os.getpid(), pool)
+    return list(pool.map(fn, items))

@@ -5,16 +5,16 @@
 # %% auto #0
 __all__ = ['GAP_BYTES', 'ReaderError', 'ReadBlock', 'H5adCollection', 'BufferPool']
 
-# %% ../nbs/03_readers.ipynb #d20bd5c7
-import os, sys, threading
+# %% ../nbs/03_readers.ipynb #f2f17bf3
+import os, sys, threading, zlib, ctypes
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import h5py
 
-# %% ../nbs/03_readers.ipynb #63ac3655
-from .core import check_choice, numba_jit
+# %% ../nbs/03_readers.ipynb #bfab92a8
+from .core import check_choice, numba_jit, default_threads, thread_map
 
 # %% ../nbs/03_readers.ipynb #48a65887
 class ReaderError(ValueError):
@@ -53,7 +53,7 @@ def _read_array(node, path, key) -> np.ndarray:
     raise ReaderError(f"{path}: {key} has unsupported encoding {enc!r} (expected an array, string-array, "
                       f"categorical or nullable array)")
 
-# %% ../nbs/03_readers.ipynb #4e18f764
+# %% ../nbs/03_readers.ipynb #6177d9a5
 def _chunk_table(dset: h5py.Dataset):
     "Byte offset of every chunk of an uncompressed dataset chunked along axis 0 only, in order (None if not readable so)."
     if dset.compression is not None or dset.shuffle or dset.fletcher32 or dset.scaleoffset is not None: return None
@@ -66,6 +66,26 @@ def _chunk_table(dset: h5py.Dataset):
     except Exception: return None
     return None if (offs < 0).any() else offs
 
+_H5Z_DEFLATE, _H5Z_SHUFFLE = 1, 2      # HDF5's filter ids for gzip and byte shuffle
+
+def _zchunk_table(dset: h5py.Dataset):
+    """Filter ids (pipeline order), byte offset, stored size and filter mask of every chunk of a dataset chunked along
+    axis 0 only whose filters are gzip (deflate) and optionally shuffle; None for any other layout (h5py reads those)."""
+    if dset.chunks is None or tuple(dset.chunks[1:]) != tuple(dset.shape[1:]) or dset.fletcher32 or dset.scaleoffset is not None: return None
+    try:
+        pl = dset.id.get_create_plist()
+        ids = tuple(int(pl.get_filter(k)[0]) for k in range(pl.get_nfilters()))
+    except Exception: return None
+    if _H5Z_DEFLATE not in ids or not set(ids) <= {_H5Z_DEFLATE, _H5Z_SHUFFLE}: return None
+    n_chunks = -(-dset.shape[0] // dset.chunks[0])
+    offs, sizes, masks = np.full(n_chunks, -1, np.int64), np.zeros(n_chunks, np.int64), np.zeros(n_chunks, np.int64)
+    def visit(si):
+        c = si.chunk_offset[0] // dset.chunks[0]
+        offs[c], sizes[c], masks[c] = si.byte_offset, si.size, si.filter_mask
+    try: dset.id.chunk_iter(visit)
+    except Exception: return None
+    return None if (offs < 0).any() else (ids, offs, sizes, masks)   # unwritten chunks (fill value): left to h5py
+
 @dataclass
 class _Array:
     "Where an HDF5 dataset lives: name, shape, dtype, and for direct reads its byte offset or its chunk offsets."
@@ -75,6 +95,7 @@ class _Array:
     offset: int|None = None         # contiguous (or chunks laid out back to back): byte offset of row 0
     chunk_rows: int|None = None     # chunked along axis 0: rows per chunk ...
     chunk_offsets: np.ndarray|None = None  # ... and the byte offset of each chunk
+    zchunks: tuple|None = None      # gzip-compressed chunks along axis 0: (filter ids, offsets, sizes, masks) per chunk
 
     @classmethod
     def of(cls, dset: h5py.Dataset):
@@ -86,7 +107,10 @@ class _Array:
             except Exception: pass
             return a
         offs = _chunk_table(dset)
-        if offs is None: return a
+        if offs is None:
+            z = _zchunk_table(dset) if dset.compression is not None else None
+            if z is not None: a.chunk_rows, a.zchunks = int(dset.chunks[0]), z
+            return a
         step = int(np.prod(dset.chunks, dtype=np.int64)) * dt.itemsize
         if (offs == offs[0] + step * np.arange(len(offs))).all(): a.offset = int(offs[0])  # back to back: contiguous
         else: a.chunk_rows, a.chunk_offsets = int(dset.chunks[0]), offs
@@ -188,7 +212,79 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int):
         if got <= 0: raise OSError(f"short read at byte {offset + done} (file truncated?)")
         done += got
 
-# %% ../nbs/03_readers.ipynb #816bb541
+# %% ../nbs/03_readers.ipynb #bf7b4785
+def _find_libdeflate():
+    "(alloc_decompressor, zlib_decompress) of libdeflate through ctypes, from the `deflate` wheel or the system, or None."
+    import ctypes.util, glob
+    cands = []
+    try:
+        import deflate
+        cands += sorted(glob.glob(os.path.join(os.path.dirname(deflate.__file__), '_deflate*')))
+    except ImportError: pass
+    cands.append(ctypes.util.find_library('deflate'))
+    for c in filter(None, cands):
+        try:
+            lib = ctypes.CDLL(c)
+            alloc, dec = lib.libdeflate_alloc_decompressor, lib.libdeflate_zlib_decompress
+        except (OSError, AttributeError): continue
+        alloc.restype, alloc.argtypes = ctypes.c_void_p, []
+        dec.restype = ctypes.c_int
+        dec.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
+        return alloc, dec
+    return None
+
+_LIBDEFLATE = None                    # (alloc, decompress), or False for zlib: decided at the first compressed read
+_ZLOCAL = threading.local()           # per thread: a libdeflate decompressor and reused buffers
+
+def _zbuf(name: str, n: int) -> np.ndarray:
+    "A per-thread uint8 scratch buffer of at least n bytes (reused: fresh memory costs page faults)."
+    b = _ZLOCAL.__dict__.get(name)
+    if b is None or len(b) < n: b = _ZLOCAL.__dict__[name] = np.empty(max(n, 2 * len(b) if b is not None else 0), np.uint8)
+    return b[:n]
+
+def _inflate(raw: np.ndarray, # a zlib stream (uint8)
+             nbytes: int, # the size it must decompress to
+             where: str, # named in errors
+            ) -> np.ndarray:
+    "The `nbytes` bytes (uint8) that `raw` decompresses to; with libdeflate, a per-thread buffer the next call reuses."
+    global _LIBDEFLATE
+    if _LIBDEFLATE is None: _LIBDEFLATE = (os.environ.get('SPATIAL_DL_LIBDEFLATE', '1') != '0' and _find_libdeflate()) or False
+    if not _LIBDEFLATE:
+        try: out = np.frombuffer(zlib.decompress(raw, bufsize=max(nbytes, 1)), np.uint8)
+        except zlib.error as e: raise ReaderError(f"{where}: does not decompress ({e})") from None
+        got, rc = len(out), 0
+    else:
+        alloc, dec = _LIBDEFLATE
+        d = _ZLOCAL.__dict__
+        if 'dec' not in d: d['dec'], d['got'] = alloc(), ctypes.c_size_t()
+        out = _zbuf('out', nbytes)
+        rc = dec(d['dec'], raw.ctypes.data, len(raw), out.ctypes.data, nbytes, ctypes.byref(d['got']))
+        got = d['got'].value if rc == 0 else -1
+        if rc != 0: raise ReaderError(f"{where}: does not decompress (libdeflate error {rc}: corrupt or truncated data)")
+    if got != nbytes: raise ReaderError(f"{where}: decompresses to {got} bytes, expected {nbytes}")
+    return out
+
+def _unshuffle(b: np.ndarray, itemsize: int) -> np.ndarray:
+    "Undo HDF5's byte shuffle (byte k of every element stored together, k = 0, 1, ...); bytes past whole elements stay."
+    n = len(b) // itemsize
+    out = np.empty(len(b), np.uint8)
+    out[:n * itemsize] = b[:n * itemsize].reshape(itemsize, n).T.ravel()
+    out[n * itemsize:] = b[n * itemsize:]
+    return out
+
+def _chunk_values(fd: int, arr: '_Array', c: int, where: str) -> np.ndarray:
+    "Chunk `c` of gzip-chunked `arr` decompressed: `chunk_rows` rows (may be a per-thread buffer the next call reuses)."
+    ids, offs, sizes, masks = arr.zchunks
+    nbytes = arr.chunk_rows * arr.row_bytes
+    b = _zbuf('raw', int(sizes[c]))
+    _pread_into(fd, b, int(offs[c]))
+    for k in reversed(range(len(ids))):              # undo the filters in reverse order of the pipeline
+        if int(masks[c]) >> k & 1: continue          # this filter was skipped for this chunk
+        b = _inflate(b, nbytes, f"{where} chunk {c}") if ids[k] == _H5Z_DEFLATE else _unshuffle(b, arr.dtype.itemsize)
+    if b.nbytes != nbytes: raise ReaderError(f"{where} chunk {c}: holds {b.nbytes} bytes, expected {nbytes}")
+    return b.view(arr.dtype).reshape((arr.chunk_rows,) + tuple(arr.shape[1:]))
+
+# %% ../nbs/03_readers.ipynb #553ac8e9
 @dataclass
 class ReadBlock:
     "Rows read from a collection: `X` (CSR float32, columns = the collection's `var_names`), obs/obsm values, global `index`."
@@ -199,7 +295,7 @@ class ReadBlock:
 
     def __len__(self): return self.X.shape[0]
 
-# %% ../nbs/03_readers.ipynb #c6fee0cf
+# %% ../nbs/03_readers.ipynb #e16b393a
 def _align(infos, var_join):
     "The joint gene list and, per file, a lookup table from file column to joint column (-1: dropped) or None (identity)."
     names = [fi.var_names for fi in infos]
@@ -242,7 +338,7 @@ def _align(infos, var_join):
         maps.append(None if ident else m)
     return joint, maps
 
-# %% ../nbs/03_readers.ipynb #d969cabb
+# %% ../nbs/03_readers.ipynb #b548805a
 def _codes(values: np.ndarray, cats: list, pos: dict) -> np.ndarray:
     "Integer codes of `values` in the growing category list `cats` (new categories appended); None → -1."
     values = np.asarray(values, dtype=object)
@@ -257,7 +353,7 @@ def _codes(values: np.ndarray, cats: list, pos: dict) -> np.ndarray:
     out[present] = look[inv.ravel()]
     return out
 
-# %% ../nbs/03_readers.ipynb #dfe002f8
+# %% ../nbs/03_readers.ipynb #f06b2f43
 class H5adCollection:
     "Many .h5ad files behind one global row index; reads sorted rows as CSR (+ obs, obsm). I/O only, pickles cleanly."
     def __init__(self,
@@ -334,7 +430,7 @@ def _as_keys(keys, name) -> tuple:
         if not isinstance(k, str): raise TypeError(f"{name}: expected strings, got {k!r}")
     return keys
 
-# %% ../nbs/03_readers.ipynb #6af4bd0c
+# %% ../nbs/03_readers.ipynb #730bd915
 def _check_pid(self: H5adCollection):
     pid = os.getpid()
     if self._pid != pid:  # new process (fork) or first use: forget inherited handles without closing them
@@ -361,8 +457,36 @@ def _read_rows(self: H5adCollection, i: int, arr: _Array, starts: np.ndarray, st
     except OSError as e: raise ReaderError(f"{self.paths[i]}: {arr.name}: {e}") from e
     return out
 
+_CHUNKS_PER_THREAD = 8    # compressed reads touching fewer chunks than this per thread stay on one thread
+
+def _read_zrows(self: H5adCollection, i: int, arr: _Array, starts, stops, lens, out):
+    "Rows `[starts, stops)` of gzip-chunked `arr` into `out`: every chunk touched is decompressed once (threads over chunks)."
+    keep = lens > 0
+    st, en = starts[keep], stops[keep]
+    o = np.zeros(len(lens) + 1, np.int64); np.cumsum(lens, out=o[1:]); o = o[:-1][keep]
+    C = arr.chunk_rows
+    ca, k = st // C, (en - 1) // C - st // C + 1       # first chunk and chunks spanned by each range
+    r = np.repeat(np.arange(len(st)), k)
+    ch = ca[r] + (np.arange(len(r)) - np.repeat(np.cumsum(k) - k, k))
+    lo, hi = np.maximum(st[r], ch * C), np.minimum(en[r], (ch + 1) * C)
+    srt = np.argsort(ch, kind='stable')                # pieces of one chunk next to each other
+    ch, lo, hi, dst = ch[srt], lo[srt], hi[srt], (o[r] + lo - st[r])[srt]
+    first = np.flatnonzero(np.r_[True, ch[1:] != ch[:-1]])
+    T = max(1, min(default_threads(), len(first) // _CHUNKS_PER_THREAD))
+    cuts = first[np.linspace(0, len(first), T + 1).astype(np.int64)[:-1]].tolist() + [len(ch)]
+    fd, where = _fd(self, i), f"{self.paths[i]}: {arr.name}"
+    chl, lol, hil, dstl = ch.tolist(), lo.tolist(), hi.tolist(), dst.tolist()
+    def work(part):
+        cur, v = -1, None
+        for j in range(*part):
+            c = chl[j]
+            if c != cur: v, cur = _chunk_values(fd, arr, c, where), c
+            out[dstl[j]:dstl[j] + hil[j] - lol[j]] = v[lol[j] - c * C:hil[j] - c * C]
+    thread_map(work, list(zip(cuts[:-1], cuts[1:])), T)
+
 def _read_rows_into(self, i, arr, starts, stops, lens, out):
-    if arr.offset is not None:
+    if arr.zchunks is not None: _read_zrows(self, i, arr, starts, stops, lens, out)
+    elif arr.offset is not None:
         fd, rb, o = _fd(self, i), arr.row_bytes, 0
         for s, n in zip(starts.tolist(), lens.tolist()):
             if n: _pread_into(fd, out[o:o+n], arr.offset + s * rb); o += n
@@ -379,14 +503,14 @@ def _read_rows_into(self, i, arr, starts, stops, lens, out):
 
 H5adCollection._fd, H5adCollection._h5file, H5adCollection._read_rows = _fd, _h5file, _read_rows
 
-# %% ../nbs/03_readers.ipynb #6eef52e9
+# %% ../nbs/03_readers.ipynb #b03d9f93
 def _runs(rows: np.ndarray):
     "Split sorted unique `rows` into runs of consecutive ids: (first index, last index) positions into `rows`."
     if len(rows) == 0: return np.zeros(0, np.int64), np.zeros(0, np.int64)
     brk = np.flatnonzero(np.diff(rows) != 1) + 1
     return np.r_[0, brk], np.r_[brk, len(rows)] - 1
 
-# %% ../nbs/03_readers.ipynb #9c450913
+# %% ../nbs/03_readers.ipynb #92e8606e
 def _file_indptr(self: H5adCollection, i: int) -> np.ndarray:
     ip = self._indptr.get(i)
     if ip is None:
@@ -421,7 +545,7 @@ def _read_file_csr(self: H5adCollection, i: int, rows: np.ndarray) -> tuple:
 
 H5adCollection._read_file_csr = _read_file_csr
 
-# %% ../nbs/03_readers.ipynb #e1a9de85
+# %% ../nbs/03_readers.ipynb #f370bbf6
 def _obs_column(self: H5adCollection, key: str) -> np.ndarray:
     "Column `key` of obs over all rows (categorical and string columns as int64 codes into `obs_categories(key)`)."
     hit = self._obs.get(key)
@@ -457,7 +581,7 @@ def _obs_categories(self: H5adCollection, key: str) -> list|None:
 
 H5adCollection.obs_column, H5adCollection.obs_categories = _obs_column, _obs_categories
 
-# %% ../nbs/03_readers.ipynb #06d2840d
+# %% ../nbs/03_readers.ipynb #c0fc8198
 class BufferPool:
     "A few reusable byte arenas; `take(n)` returns an n-byte uint8 view of an arena nobody else references."
     def __init__(self, max_buffers: int=8): # arenas kept for reuse (more are allocated, unpooled, when all are busy)
@@ -485,14 +609,14 @@ class BufferPool:
     def __getstate__(self): return {'max_buffers': self.max_buffers}
     def __setstate__(self, d): self.__init__(d['max_buffers'])
 
-# %% ../nbs/03_readers.ipynb #109e7b82
+# %% ../nbs/03_readers.ipynb #c793c6bc
 def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
     "A CSR matrix wrapping (not copying) `data`, `indices`, `indptr` (indices and indptr of one dtype)."
     m = sp.csr_matrix(tuple(int(s) for s in shape), dtype=data.dtype)
     m.data, m.indices, m.indptr = data, indices, indptr
     return m
 
-# %% ../nbs/03_readers.ipynb #95c2bd23
+# %% ../nbs/03_readers.ipynb #70e2290e
 _IOV_MAX = 1024
 
 def _preadv_scatter(fd: int, bufs: list, offset: int):
@@ -695,7 +819,7 @@ def _read_general(self: H5adCollection, rows: np.ndarray, fid: np.ndarray) -> sp
 
 H5adCollection._read_fast, H5adCollection._read_general = _read_fast, _read_general
 
-# %% ../nbs/03_readers.ipynb #57f661d2
+# %% ../nbs/03_readers.ipynb #ae90ce07
 def _read(self: H5adCollection,
           rows, # global row ids, in the order wanted (any order; repeats allowed)
         ) -> ReadBlock:

@@ -38,6 +38,11 @@ def files(tmp_path_factory):
     for k, a in ads.items():
         paths[k] = d / f'{k}.h5ad'; a.write_h5ad(paths[k])
     paths['gzip'] = d / 'gzip.h5ad'; ads['a'].write_h5ad(paths['gzip'], compression='gzip')
+    paths['lzf'] = d / 'lzf.h5ad'; ads['c'].write_h5ad(paths['lzf'], compression='lzf')   # a filter only h5py reads
+    paths['gzip_shuffle'] = d / 'gzip_shuffle.h5ad'; ads['a'].write_h5ad(paths['gzip_shuffle'])
+    with h5py.File(paths['gzip_shuffle'], 'r+') as f:   # many small chunks, byte shuffle + gzip, obsm compressed too
+        for k in ('X/data', 'X/indices', 'obsm/spatial'):
+            v = f[k][...]; del f[k]; f.create_dataset(k, data=v, chunks=(11,) + v.shape[1:], compression='gzip', shuffle=True)
     return d, ads, paths
 
 
@@ -51,26 +56,33 @@ rows_strategy = st.lists(st.integers(0, 10**6), min_size=0, max_size=80)
 
 @pytest.fixture(params=['python', 'compiled'])
 def read_path(request, monkeypatch):
-    "Scatter reads through os.preadv from Python, or through the compiled loop (numba) for every read size."
+    """Scatter reads through os.preadv from Python, or through the compiled loop (numba) for every read size;
+    compressed chunks through Python's zlib (python) or libdeflate (compiled)."""
     import spatial_dl.readers as R
     if request.param == 'compiled':
         assert R._preadv_groups(0, wait=True) is not None
         monkeypatch.setattr(R, '_SMALL_READ', 0)
         monkeypatch.delenv('SPATIAL_DL_NUMBA', raising=False)
-    else: monkeypatch.setenv('SPATIAL_DL_NUMBA', '0')
+        monkeypatch.setattr(R, '_LIBDEFLATE', None)
+        assert R._find_libdeflate() is not None
+    else:
+        monkeypatch.setenv('SPATIAL_DL_NUMBA', '0')
+        monkeypatch.setattr(R, '_LIBDEFLATE', False)
     return request.param
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=rows_strategy)
 def test_any_rows_any_order_match_anndata(files, read_path, raw):
-    "Fast path (one CSR file; Python and compiled reads), general path (gzip, dense + CSR collection): values, obs codes and obsm match."
+    "Fast path (one CSR file; Python and compiled reads), compressed chunks (gzip; shuffle + gzip in small chunks), general path (dense + CSR collection): values, obs codes and obsm match."
     d, ads, paths = files
     a, c = ads['a'], ads['c']
     for coll, ref, obsm, cats in [
         (H5adCollection(paths['a'], obs_keys=['cell_type', 'n_counts'], obsm_keys=['spatial']),
          _dense(a), a.obsm['spatial'], a.obs['cell_type'].astype(str).to_numpy()),
         (H5adCollection(paths['gzip'], obs_keys=['cell_type', 'n_counts'], obsm_keys=['spatial']),
+         _dense(a), a.obsm['spatial'], a.obs['cell_type'].astype(str).to_numpy()),
+        (H5adCollection(paths['gzip_shuffle'], obs_keys=['cell_type', 'n_counts'], obsm_keys=['spatial']),
          _dense(a), a.obsm['spatial'], a.obs['cell_type'].astype(str).to_numpy()),
         (H5adCollection([paths['dense'], paths['a'], paths['c']], obs_keys=['cell_type', 'n_counts'], obsm_keys=['spatial']),
          np.vstack([_dense(ads['dense']), _dense(a), _dense(c)]),
@@ -172,9 +184,10 @@ def _read_in_child(coll, rows, q):
 def test_pickles_and_reads_in_child_processes(files, method):
     "A collection that already holds open descriptors crosses fork and spawn and reads the same values."
     d, ads, paths = files
-    coll = H5adCollection([paths['a'], paths['gzip']], obs_keys=['cell_type'])
-    rows = np.array([3, 70, 2, 119])
+    coll = H5adCollection([paths['a'], paths['gzip'], paths['lzf']], obs_keys=['cell_type'])
+    rows = np.array([3, 70, 2, 119, 150, 121])
     here = coll.read(rows).X.toarray()            # opens fds and h5py handles in this process
+    np.testing.assert_array_equal(here, np.vstack([_dense(ads['a']), _dense(ads['a']), _dense(ads['c'])])[rows])
     assert coll._fds and coll._h5
     state = pickle.loads(pickle.dumps(coll))
     assert state._fds == {} and state._h5 == {}
