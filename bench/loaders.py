@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import importlib.util
 import math
 import os
@@ -121,7 +122,7 @@ def ensure_anndata_copy(path, compression: str|None=None) -> Path:
         a.write_h5ad(tmp, compression=compression)
         os.replace(tmp, dest)
     finally: tmp.unlink(missing_ok=True)   # nothing half-written is left behind
-    print(f'wrote {dest} with anndata {ad.__version__} in {time.perf_counter() - t0:.1f} s', file=sys.stderr)
+    print(f'wrote {dest} with anndata {importlib.metadata.version("anndata")} in {time.perf_counter() - t0:.1f} s', file=sys.stderr)
     return dest
 
 
