@@ -86,7 +86,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #27c5e715
+# %% ../nbs/04_loaders.ipynb #cbd8bfe2
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -98,7 +98,7 @@ class AnnDataset(IterableDataset):
                  seed: int=0, # plan seed: same seed and epoch → same batches
                  obs_keys=(), # obs columns to deliver (categorical/string columns as int64 codes)
                  obsm_keys=(), # obsm arrays to deliver (float32), e.g. 'spatial'
-                 layer: str|None=None, # read `layers[layer]` instead of `X`
+                 layer: str|None=None, # read `layers[layer]` instead of `X`; 'raw/X': `adata.raw` (its matrix and genes)
                  indices=None, # global row ids to deliver (e.g. a split); all rows when None
                  drop_last: bool=False, # drop the remainder so every batch is full
                  pad: bool=False, # pad by repeating rows so every batch is full
