@@ -239,7 +239,7 @@ def _finish(self: AnnDataset, batch: dict) -> dict:
 
 AnnDataset._load_fetch, AnnDataset._densify, AnnDataset._after, AnnDataset._finish = _load_fetch, _densify, _after, _finish
 
-# %% ../nbs/04_loaders.ipynb #37b9b058
+# %% ../nbs/04_loaders.ipynb #e2e984e6
 _END, _DONE = object(), object()
 
 class _Failure:
@@ -315,6 +315,8 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2,
               ):
     "Finished batches of `items` (a list, or an iterator) in order, `work` spread over threads (thread k: items k, k+n, ...)."
     stop, ths = threading.Event(), []
+    for k, (_, t) in list(_LIVE.items()):              # forget pipelines whose threads have all finished
+        if t and not any(x.is_alive() for x in t): _LIVE.pop(k, None)
     _LIVE[id(stop)] = (stop, ths)
     if handle is not None: _halt(handle); handle[:] = [stop, ths]
     if isinstance(items, (list, tuple)):
@@ -338,7 +340,7 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2,
             if b is _DONE: return                       # thread i % n has no item i: all items delivered
             if isinstance(b, _Failure): raise b.exc
             yield b
-    finally: stop.set(); _LIVE.pop(id(stop), None)
+    finally: stop.set()        # threads finishing their last item stay in _LIVE (joined at exit) until they end
 
 # %% ../nbs/04_loaders.ipynb #0afbee8d
 def _iter_fetches(self: AnnDataset, fetches, handle: list|None=None) -> 'Iterator[list[dict]]':
