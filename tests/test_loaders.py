@@ -171,6 +171,23 @@ def test_hooks_run_and_tokenizer_skips_densify(data):
         assert n == len(X)
 
 
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_gzip_files_and_adata_raw(tmp_path, num_workers):
+    "A gzip-compressed file next to a plain one, and layer='raw/X' (adata.raw with its own genes, aligned): anndata's values, each row once."
+    a1, a2 = _adata(50, [f'g{i}' for i in range(20)], 2), _adata(35, [f'g{i}' for i in range(20)], 3)
+    for a in (a1, a2): a.raw = a.copy(); a.X = a.X * 0.5          # raw counts in adata.raw, a scaled X
+    a2.raw = a2[:, 5:].copy()                                     # the second file's raw has fewer genes
+    p1, p2 = tmp_path / 'gz.h5ad', tmp_path / 'plain.h5ad'
+    a1.write_h5ad(p1, compression='gzip'); a2.write_h5ad(p2)
+    for layer, ref, kw in [(None, np.vstack([a1.X.toarray(), a2.X.toarray()]), {}),
+                           ('raw/X', np.vstack([a1.raw.X.toarray(), np.hstack([np.zeros((35, 5), np.float32), a2.raw.X.toarray()])]),
+                            dict(var_join='outer'))]:
+        ds = AnnDataset([p1, p2], batch_size=8, layer=layer, strategy='random', fetch_factor=3, seed=1, **kw)
+        got = list(make_dataloader(ds, num_workers=num_workers))
+        for b in got: np.testing.assert_array_equal(b['X'].numpy(), ref[b['index'].numpy()])
+        np.testing.assert_array_equal(np.sort(np.concatenate([b['index'].numpy() for b in got])), np.arange(85))
+
 @pytest.mark.parametrize('method', ['fork', 'spawn'])
 def test_workers_fork_and_spawn(data, method):
     "Workers started with fork or spawn (no inherited state) deliver the same batches as in-process loading."
