@@ -1091,7 +1091,15 @@ def tokenize_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_
 RankValueTokenizer._frame, RankValueTokenizer.tokenize_block_padded, RankValueTokenizer.tokenize_block = _frame, tokenize_block_padded, tokenize_block
 RankValueTokenizer._tokenize = _tokenize
 
-# %% ../nbs/06_tokenizers.ipynb #9746456f
+# %% ../nbs/06_tokenizers.ipynb #79ee1fab
+def _coords(coords, where: str) -> np.ndarray:
+    "Spot coordinates as a float64 n × d array; an error naming `where` for a wrong shape or missing values."
+    xy = np.asarray(coords, np.float64)
+    if xy.ndim != 2 or xy.shape[0] == 0: raise TokenizerError(f"{where}: expected an n × d coordinate array, got shape {xy.shape}")
+    bad = ~np.isfinite(xy).all(1)
+    if bad.any(): raise TokenizerError(f"{where}: {int(bad.sum())} spots have missing (NaN/inf) coordinates, e.g. row {np.flatnonzero(bad)[0]}")
+    return xy
+
 def spatial_graph(coords, # n × 2 (or 3) coordinates
                   method: str='delaunay', # 'delaunay', 'knn' or 'radius'
                   n_neighbors: int=6, # k for 'knn'
@@ -1100,10 +1108,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
                  ) -> sp.csr_matrix:
     "Symmetric 0/1 neighbour graph (CSR float32, no self loops) of spots at `coords`."
     check_choice(method, 'method', ['delaunay', 'knn', 'radius'])
-    xy = np.asarray(coords, np.float64)
-    if xy.ndim != 2 or xy.shape[0] == 0: raise TokenizerError(f"{where}: expected an n × d coordinate array, got shape {xy.shape}")
-    bad = ~np.isfinite(xy).all(1)
-    if bad.any(): raise TokenizerError(f"{where}: {int(bad.sum())} spots have missing (NaN/inf) coordinates, e.g. row {np.flatnonzero(bad)[0]}")
+    xy = _coords(coords, where)
     n = len(xy)
     if method == 'delaunay':
         from scipy.spatial import Delaunay
@@ -1131,8 +1136,10 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #a2d0ffb5
-def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str) -> sp.csr_matrix:
+# %% ../nbs/06_tokenizers.ipynb #a7251758
+def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str,
+               build: bool=True, # False: only check the inputs (no triangulation); returns None when coordinates would be used
+              ) -> sp.csr_matrix|None:
     "The neighbour graph of one file/AnnData: obsp[graph_key] if present, else built from obsm[coord_key]."
     A = obsp.get(self.graph_key) if obsp is not None else None
     if A is not None and (not self.stformer_compat or sp.csr_matrix(A).nnz > 0):
@@ -1142,6 +1149,10 @@ def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: 
     if obsm is None or self.coord_key not in obsm:
         raise TokenizerError(f"{where}: mode='neighborhood' needs obsp[{self.graph_key!r}] or coordinates in "
                              f"obsm[{self.coord_key!r}]; found neither (obsm keys: {sorted(obsm or [])})")
+    if not build:
+        xy = _coords(obsm[self.coord_key], f"{where} obsm[{self.coord_key!r}]")
+        if len(xy) != n: raise TokenizerError(f"{where}: obsm[{self.coord_key!r}] has {len(xy)} rows, expected {n}")
+        return None
     if self.stformer_compat: return _stformer_delaunay(obsm[self.coord_key], f"{where} obsm[{self.coord_key!r}]")
     return spatial_graph(obsm[self.coord_key], self.neighbors, self.n_neighbors, self.radius, where=f"{where} obsm[{self.coord_key!r}]")
 
@@ -1392,7 +1403,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #544e9626
+# %% ../nbs/06_tokenizers.ipynb #a56e82dd
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1400,44 +1411,119 @@ def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     lab = np.array(list(cats) + [None], dtype=object)
     return lab[np.where(codes >= 0, codes, len(cats))]
 
+_OBS_DTYPE = {'str': 'string', 'int': 'int64', 'float': 'float64'}
+
 def _features(obs_types: dict):
+    "The dataset's columns as `datasets.Features`."
     import datasets as hfd
     f = {'input_ids': hfd.Sequence(hfd.Value('int32')), 'length': hfd.Value('int32'),
          'source_file': hfd.Value('int32'), 'source_row': hfd.Value('int64')}
-    for k, kind in obs_types.items(): f[k] = hfd.Value('string') if kind == 'str' else hfd.Value('int64' if kind == 'int' else 'float64')
+    for k, kind in obs_types.items(): f[k] = hfd.Value(_OBS_DTYPE[kind])
     return hfd.Features(f)
 
-def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_file, progress):
-    "Tokenize rows [start, stop) of one file into an Arrow file (one record batch per chunk); returns the tokenizer stats."
+def _hf_features(obs_types: dict) -> dict:
+    """`_features(obs_types).to_dict()`, spelled out for datasets >= 4 so that writing needs no `import datasets`
+    (0.5–0.8 s, more than tokenizing a slide); older versions (another layout: 'Sequence', ids) are asked."""
+    from importlib.metadata import version
+    if int(version('datasets').split('.')[0]) < 4: return _features(obs_types).to_dict()
+    v = lambda dtype: {'dtype': dtype, '_type': 'Value'}
+    f = {'input_ids': {'feature': v('int32'), '_type': 'List'}, 'length': v('int32'), 'source_file': v('int32'), 'source_row': v('int64')}
+    for k, kind in obs_types.items(): f[k] = v(_OBS_DTYPE[kind])
+    return f
+
+def _arrow_schema(obs_types: dict):
+    "The Arrow schema of the dataset's files, with the features in its metadata as datasets' `ArrowWriter` puts them."
     import pyarrow as pa
-    from datasets.arrow_writer import ArrowWriter
+    typ = {'str': pa.string(), 'int': pa.int64(), 'float': pa.float64()}
+    fields = [('input_ids', pa.list_(pa.int32())), ('length', pa.int32()), ('source_file', pa.int32()), ('source_row', pa.int64())]
+    return pa.schema(fields + [(k, typ[kind]) for k, kind in obs_types.items()],
+                     metadata={'huggingface': json.dumps({'info': {'features': _hf_features(obs_types)}})})
+
+def _write_hf_state(folder: Path, data_files: list, obs_types: dict):
+    "`state.json` and `dataset_info.json` of a dataset folder of Arrow `data_files`, as datasets' `save_to_disk` writes them."
+    cols = ['input_ids', 'length', 'source_file', 'source_row', *obs_types]
+    state = dict(_data_files=[{'filename': f} for f in data_files], _fingerprint=os.urandom(8).hex(), _format_columns=cols,
+                 _format_kwargs={}, _format_type=None, _output_all_columns=False, _split=None)
+    (folder / 'state.json').write_text(json.dumps(state, indent=2, sort_keys=True))
+    info = dict(citation='', description='', features=_hf_features(obs_types), homepage='', license='')
+    (folder / 'dataset_info.json').write_text(json.dumps(info, indent=2))
+
+def _pa(a: np.ndarray, typ, dtype):
+    "Numbers as an Arrow array of `typ` (numpy `dtype`), zero-copy — not `pa.array`, whose first call imports pandas (~0.4 s)."
+    import pyarrow as pa
+    a = np.ascontiguousarray(a, dtype)
+    return pa.Array.from_buffers(typ, len(a), [None, pa.py_buffer(a)])
+
+def _pa_strings(labels: list):
+    "Strings (None: missing) as an Arrow string array, without `pa.array`."
+    import pyarrow as pa
+    enc = [b'' if x is None else str(x).encode() for x in labels]
+    offs = np.zeros(len(enc) + 1, np.int64); np.cumsum(np.fromiter(map(len, enc), np.int64, len(enc)), out=offs[1:])
+    if offs[-1] >= 1 << 31: raise TokenizerError(f"obs_keys: {offs[-1]:,} bytes of labels in one chunk; use a smaller chunk_size")
+    valid = np.fromiter((x is not None for x in labels), np.bool_, len(labels))
+    n_null = len(labels) - int(valid.sum())
+    bufs = [pa.py_buffer(np.packbits(valid, bitorder='little')) if n_null else None,
+            pa.py_buffer(offs.astype(np.int32)), pa.py_buffer(b''.join(enc))]
+    return pa.Array.from_buffers(pa.string(), len(labels), bufs, null_count=n_null)
+
+def _record_batch(schema, file_index: int, rows: np.ndarray, ids: np.ndarray, lens: np.ndarray, obs: dict, obs_types: dict):
+    "One Arrow record batch of the non-empty cells among file `rows`: their ids (padded n × w or flat), lengths and obs values; and the lengths."
+    import pyarrow as pa
+    keep = lens > 0
+    if not keep.all():
+        if ids.ndim == 2: ids = ids[keep]
+        lens, rows = lens[keep], rows[keep]
+    flat = ids if ids.ndim == 1 else ids[np.arange(ids.shape[1])[None, :] < lens[:, None]]   # row-major: cell by cell
+    offs = np.zeros(len(lens) + 1, np.int64); np.cumsum(lens, out=offs[1:])
+    if offs[-1] >= 1 << 31: raise TokenizerError(f"chunk_size: a chunk of {len(lens):,} cells holds {offs[-1]:,} tokens, more than "
+                                                 f"an Arrow list column's 2**31 limit; use a smaller chunk_size")
+    lens = lens.astype(np.int32)
+    cols = [pa.ListArray.from_arrays(_pa(offs, pa.int32(), np.int32), _pa(flat, pa.int32(), np.int32)), _pa(lens, pa.int32(), np.int32),
+            _pa(np.full(len(lens), file_index), pa.int32(), np.int32), _pa(rows, pa.int64(), np.int64)]
+    for k, kind in obs_types.items():
+        v = obs[k][rows]
+        cols.append(_pa_strings(v.tolist()) if kind == 'str' else
+                    _pa(v, pa.int64(), np.int64) if kind == 'int' else _pa(v, pa.float64(), np.float64))
+    return pa.record_batch(cols, schema=schema), lens
+
+def _job_chunks(tok: RankValueTokenizer, src: _Source, start: int, stop: int, chunk_size: int, progress: bool):
+    "(rows, ids, lengths) of rows [start, stop) of a one-file source, `chunk_size` rows at a time."
+    coll = src.reader
+    path, genes = coll.paths[0], coll.var_names
+    bar = tqdm(range(start, stop, chunk_size), desc=Path(path).name, disable=not progress, leave=False)
+    if tok.mode == 'spot' or tok.stformer_compat or (start, stop) != (0, coll.n_obs):
+        for s in bar:       # neighbourhood mode: each chunk's neighbour rows are read with it
+            rows = np.arange(s, min(s + chunk_size, stop))
+            yield rows, *src.tokenize(rows, coll.read(rows).X, ragged=True, dtype=np.int32)
+        return
+    # neighbourhood mode, a whole file (at most rows_per_job rows): read once, every chunk's neighbours taken from it
+    X = coll.read(np.arange(coll.n_obs)).X
+    if _numba_fill() is not None and X.dtype in (np.float32, np.float64):
+        t, flags = _row_sums_fast(X)                       # totals and the counts check in one compiled pass
+        if flags.any(): _check_values(X.data, path, tok.allow_normalized)
+    else: _check_values(X.data, path, tok.allow_normalized); t = _row_sums(X)
+    if tok.total_key is not None: t = src.totals(np.arange(coll.n_obs), X)
+    A = src.graph(0)
+    for s in bar:
+        e = min(s + chunk_size, stop)
+        yield np.arange(s, e), *tok._tokenize(_row_block(X, s, e), genes, t[s:e], where=path, neighbor_rows=(A[s:e], X, t),
+                                              ragged=True, dtype=np.int32)
+
+def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_file, progress):
+    "Tokenize rows [start, stop) of one file into the Arrow file `shard_file` (one record batch per chunk); the tokenizer stats and the lengths written."
+    import pyarrow as pa
     tok.stats, tok._cmap, tok._cmap_src, tok._ccols = dict.fromkeys(tok.stats, 0), None, None, None   # unknown genes: once per job
     coll = H5adCollection([path], var_key=tok.gene_key)
-    src = _Source(tok, coll)
-    obs = {k: _obs_values(coll, k) for k in obs_keys}
-    feats = _features(obs_types)
-    w = ArrowWriter(features=feats, path=str(shard_file))
+    lengths = []
     try:
-        for s in tqdm(range(start, stop, chunk_size), desc=Path(path).name, disable=not progress, leave=False):
-            rows = np.arange(s, min(s + chunk_size, stop))
-            ids, lens = src.tokenize(rows, ragged=True, dtype=np.int32)
-            keep = lens > 0
-            if ids.ndim == 2: ids = ids[keep]
-            lens, rows = lens[keep], rows[keep]
-            vals = ids if ids.ndim == 1 else ids[np.arange(ids.shape[1])[None, :] < lens[:, None]]   # row-major: cell by cell
-            offs = np.zeros(len(lens) + 1, np.int64); np.cumsum(lens, out=offs[1:])
-            cols = {'input_ids': pa.LargeListArray.from_arrays(pa.array(offs), pa.array(vals)).cast(feats.arrow_schema.field('input_ids').type),
-                    'length': pa.array(lens.astype(np.int32)), 'source_file': pa.array(np.full(len(lens), file_index, np.int32)),
-                    'source_row': pa.array(rows.astype(np.int64))}
-            for k in obs_keys:
-                v = obs[k][rows]
-                cols[k] = pa.array([None if x is None else str(x) for x in v.tolist()], pa.string()) if obs_types[k] == 'str' else \
-                          pa.array(v.astype(np.int64 if obs_types[k] == 'int' else np.float64))
-            w.write_table(pa.table(cols, schema=feats.arrow_schema))
-        w.finalize()
-    finally: w.close()
-    coll.close()
-    return dict(tok.stats)
+        src = _Source(tok, coll)
+        obs, schema = {k: _obs_values(coll, k) for k in obs_keys}, _arrow_schema(obs_types)
+        with pa.OSFile(str(shard_file), 'wb') as sink, pa.ipc.new_stream(sink, schema) as w:
+            for rows, ids, lens in _job_chunks(tok, src, start, stop, chunk_size, progress):
+                b, kept = _record_batch(schema, file_index, rows, ids, lens, obs, obs_types)
+                w.write_batch(b); lengths.append(kept)
+    finally: coll.close()
+    return dict(tok.stats), np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
 
 
 def _mark_worker():
@@ -1456,7 +1542,6 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
                   progress: bool=True, # progress bars
                  ) -> dict:
     "Tokenize `paths` into a HuggingFace dataset at `out_dir` plus `example_lengths.pkl`; returns a summary dict."
-    import datasets as hfd
     paths, out_dir, t0 = _as_paths(paths), Path(out_dir), time.time()
     if isinstance(obs_keys, str): obs_keys = (obs_keys,)
     obs_keys = tuple(obs_keys)
@@ -1475,7 +1560,8 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
         src = _Source(tokenizer, coll)
         if tokenizer.stformer_compat: tokenizer._compat_columns(coll.var_names, p)
         else: tokenizer.column_map(coll.var_names)        # wrong gene_key fails here, before any work
-        if tokenizer.mode == 'neighborhood': src.graph(0)
+        if tokenizer.mode == 'neighborhood':               # graph inputs checked here, the graph built by the jobs
+            tokenizer._graph_for(*src.graph_inputs(0), coll.n_obs, p, build=False)
         n_in += coll.n_obs
         jobs += [(p, i, s, min(s + rows_per_job, coll.n_obs)) for s in range(0, coll.n_obs, rows_per_job)]
         coll.close()
@@ -1483,29 +1569,25 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
     _warm_numba()                                      # compile once, before worker processes fork
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        args = [(tokenizer, p, i, s, e, obs_keys, obs_types, chunk_size, work / f"shard_{j:05d}.arrow", progress and num_workers == 1)
-                for j, (p, i, s, e) in enumerate(jobs)]
+        final = work / 'dataset'; final.mkdir()
+        names = [f"data-{j:05d}-of-{len(jobs):05d}.arrow" for j in range(len(jobs))]   # save_to_disk's names, one file per job
+        args = [(tokenizer, p, i, s, e, obs_keys, obs_types, chunk_size, final / f, progress and num_workers == 1)
+                for f, (p, i, s, e) in zip(names, jobs)]
         bar = tqdm(total=len(args), desc='tokenize jobs', disable=not progress or len(args) == 1)
-        stats = []
+        res = []
         if num_workers == 1 or len(args) == 1:
-            for a in args: stats.append(_tokenize_job(*a)); bar.update()
+            for a in args: res.append(_tokenize_job(*a)); bar.update()
         else:
-            for s in _process_imap(_tokenize_job, args, num_workers, initializer=_mark_worker): stats.append(s); bar.update()
+            for r in _process_imap(_tokenize_job, args, num_workers, initializer=_mark_worker): res.append(r); bar.update()
         bar.close()
-        ds = hfd.concatenate_datasets([hfd.Dataset.from_file(str(a[-2])) for a in args])
-        final = work / 'dataset'
-        quiet = not progress and hfd.is_progress_bar_enabled()
-        if quiet: hfd.disable_progress_bars()
-        try: ds.save_to_disk(str(final))
-        finally:
-            if quiet: hfd.enable_progress_bars()
-        lengths = [int(x) for x in hfd.load_from_disk(str(final))['length']]
-        with open(final / 'example_lengths.pkl', 'wb') as f: pickle.dump(lengths, f)
+        _write_hf_state(final, names, obs_types)
+        stats, lengths = [r[0] for r in res], np.concatenate([r[1] for r in res])
+        with open(final / 'example_lengths.pkl', 'wb') as f: pickle.dump(lengths.tolist(), f)
         total = {k: sum(s[k] for s in stats) for k in stats[0]}
         total['unknown_genes'] = sum(s['unknown_genes'] for s, a in zip(stats, args) if a[3] == 0)  # once per file
         summary = dict(files=paths, cells_in=n_in, cells_written=len(lengths), zero_cells_dropped=total['zero_cells'],
                        unknown_gene_columns=total['unknown_genes'],
-                       isolated_spots=total['isolated_spots'], tokens=int(sum(lengths)), mode=tokenizer.mode,
+                       isolated_spots=total['isolated_spots'], tokens=int(lengths.sum(dtype=np.int64)), mode=tokenizer.mode,
                        model_input_size=tokenizer.model_input_size, special_tokens=tokenizer.special_tokens,
                        stformer_compat=tokenizer.stformer_compat, obs_keys=list(obs_keys), seconds=round(time.time() - t0, 3))
         (final / 'tokenize_summary.json').write_text(json.dumps(summary, indent=1))

@@ -365,6 +365,69 @@ def test_on_disk_equals_on_the_fly_across_ranks_and_workers(tmp_path, slides, vo
     assert sorted(seen) == list(range(288))
 
 
+@pytest.mark.parametrize('mode', ['spot', 'neighborhood'])
+@pytest.mark.parametrize('rows_per_job,num_workers', [(10**6, 1), (10**6, 2), (50, 1), (50, 2)])
+def test_on_disk_equals_tokenize_files(tmp_path, slides, vocab, mode, rows_per_job, num_workers):
+    "Whole-file jobs and several jobs per file (chunks not aligned to them), in one or two processes: tokenize_files' tokens, in order."
+    from datasets import load_from_disk
+    td, med = vocab
+    tok = RankValueTokenizer(td, med, 30, mode=mode)
+    ref = tok.tokenize_files(slides)
+    s = tokenize_h5ad(slides, tmp_path / 'ds', tok, chunk_size=32, rows_per_job=rows_per_job, num_workers=num_workers, progress=False)
+    ds = load_from_disk(str(tmp_path / 'ds'))
+    assert ds['input_ids'] == [r.tolist() for r in ref] and ds['length'] == load_example_lengths(tmp_path / 'ds') == [len(r) for r in ref]
+    assert ds['source_file'] == [0] * 144 + [1] * 144 and ds['source_row'] == list(range(144)) * 2
+    assert s['tokens'] == sum(map(len, ref)) and s['cells_written'] == 288
+    assert len(list((tmp_path / 'ds').glob('data-*.arrow'))) == (2 if rows_per_job > 144 else 6)    # one file per job
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ds']                                        # no temp folder left
+
+
+def test_dataset_folder_is_what_datasets_writes(tmp_path, slides, vocab):
+    "Written with pyarrow only: the features, state.json and dataset_info.json datasets' own concatenate + save_to_disk give."
+    import datasets as hfd, pyarrow as pa
+    td, med = vocab
+    a = ad.read_h5ad(slides[0])
+    a.obs['region'] = a.obs['region'].astype(object); a.obs.iloc[[3, 7], a.obs.columns.get_loc('region')] = None
+    a.obs['region'] = a.obs['region'].astype('category'); a.obs['frac'] = np.linspace(0, 1, a.n_obs); a.obs.loc[a.obs.index[5], 'frac'] = np.nan
+    a.write_h5ad(tmp_path / 'm.h5ad')
+    b = ad.read_h5ad(slides[1]); b.obs['frac'] = 2.0; b.write_h5ad(tmp_path / 'm2.h5ad')
+    keys = ['region', 'n_genes', 'frac']
+    tokenize_h5ad([tmp_path / 'm.h5ad', tmp_path / 'm2.h5ad'], tmp_path / 'ours', RankValueTokenizer(td, med, 20), obs_keys=keys, rows_per_job=100,
+                  progress=False)
+    files = [str(p) for p in sorted((tmp_path / 'ours').glob('data-*.arrow'))]
+    hfd.concatenate_datasets([hfd.Dataset.from_file(f) for f in files]).save_to_disk(str(tmp_path / 'theirs'))
+    ours, theirs = (json.loads((tmp_path / d / 'state.json').read_text()) for d in ('ours', 'theirs'))
+    assert [f['filename'] for f in ours.pop('_data_files')] == ['data-00000-of-00004.arrow', 'data-00001-of-00004.arrow',
+                                                                'data-00002-of-00004.arrow', 'data-00003-of-00004.arrow']
+    assert len(ours.pop('_fingerprint')) == 16 and (theirs.pop('_data_files'), theirs.pop('_fingerprint'))
+    assert ours == theirs
+    assert (tmp_path / 'ours' / 'dataset_info.json').read_text() == (tmp_path / 'theirs' / 'dataset_info.json').read_text()
+    types = {'region': 'str', 'n_genes': 'int', 'frac': 'float'}
+    assert json.loads((tmp_path / 'ours' / 'dataset_info.json').read_text())['features'] == T._features(types).to_dict()
+    schema = pa.ipc.open_stream(pa.memory_map(files[0])).schema
+    assert schema == T._features(types).arrow_schema and schema.metadata == pa.ipc.open_stream(
+        pa.memory_map(str(tmp_path / 'theirs' / 'data-00000-of-00001.arrow'))).schema.metadata
+    ds = hfd.load_from_disk(str(tmp_path / 'ours'))
+    assert ds.features == T._features(types)
+    want = [None if isinstance(x, float) else x for x in a.obs['region'].astype(object)] + b.obs['region'].astype(str).tolist()
+    assert ds['region'] == want and ds['region'][3] is None and ds['n_genes'][:144] == a.obs['n_genes'].tolist()
+    assert np.isnan(ds['frac'][5]) and np.allclose(np.delete(ds['frac'][:144], 5), np.delete(a.obs['frac'].to_numpy(), 5)) and ds['frac'][144:] == [2.0] * 144
+
+
+def test_writing_imports_neither_datasets_nor_pandas(tmp_path, slides, vocab):
+    "Their imports (0.5-0.8 s and ~0.4 s) cost more than tokenizing a slide; pyarrow's pa.array would pull pandas in."
+    import subprocess, sys
+    td, med = vocab
+    td.save(tmp_path / 'td.pkl'); save_gene_medians(med, tmp_path / 'med.pkl')
+    code = (f"import sys; from spatial_dl.tokenizers import *; tok = RankValueTokenizer({str(tmp_path / 'td.pkl')!r}, "
+            f"{str(tmp_path / 'med.pkl')!r}, 20, mode='neighborhood'); "
+            f"tokenize_h5ad({[str(p) for p in slides]!r}, {str(tmp_path / 'o')!r}, tok, obs_keys=['region', 'n_counts'], progress=False); "
+            "print(sorted(m for m in ('datasets', 'pandas') if m in sys.modules))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == '[]' and (tmp_path / 'o' / 'example_lengths.pkl').exists()
+
+
 def test_binned_on_the_fly_equals_direct_tokenization_with_workers(slides, vocab):
     from spatial_dl.loaders import AnnDataset, make_dataloader
     td, _ = vocab
