@@ -122,7 +122,7 @@ class _Array:
     def row_bytes(self) -> int:
         return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
-# %% ../nbs/03_readers.ipynb #2d7a29bf
+# %% ../nbs/03_readers.ipynb #e351a54e
 _MATRIX_HINT = "write X as CSR (e.g. adata.X = scipy.sparse.csr_matrix(adata.X)) or as a dense array"
 
 RAW_X = 'raw/X'     # as `layer`: read adata.raw (its X and its var), e.g. raw counts next to a normalised X
@@ -155,9 +155,11 @@ class _FileInfo:
             raw = layer == RAW_X                 # adata.raw: its own X and var (often all genes, X holding a subset)
             xkey = 'X' if layer is None else (RAW_X if raw else f'layers/{layer}')
             if xkey not in f:
-                if layer is None: raise ReaderError(f"{path}: not an AnnData layout: no 'X' (found top-level keys {sorted(f.keys())})")
                 have = sorted(f['layers'].keys()) if 'layers' in f else []
                 hint = f"; raw counts in adata.raw: layer={RAW_X!r}" if RAW_X in f else ''
+                if layer is None:
+                    if have or hint: raise ReaderError(f"{path}: has no X (adata.X is None): pass layer= (available layers: {have}{hint})")
+                    raise ReaderError(f"{path}: not an AnnData layout: no 'X' (found top-level keys {sorted(f.keys())})")
                 what = "has no adata.raw ('raw/X')" if raw else f"layer {layer!r} not found"
                 raise KeyError(f"{path}: {what} (available layers: {have}{hint})")
             x = f[xkey]
