@@ -162,16 +162,19 @@ def _parse_target(target: str) -> dict:
     return dict(target=target, module=left, function=fn, file=None, dir=None, stem=None)
 
 
-def _tree_rss_mb(proc) -> float:
-    "Resident memory of `proc` and all its descendants (MiB); 0 when it is gone."
+def _tree_rss_mb(proc) -> tuple[float, float]:
+    """Resident memory of `proc` and all its descendants (MiB), summed as RSS (pages shared between them counted in
+    each) and as PSS (each shared page split between its sharers, so counted once overall; 0 where unavailable)."""
     try:
         procs = [proc] + proc.children(recursive=True)
-    except Exception: return 0.0
-    tot = 0
+    except Exception: return 0.0, 0.0
+    rss = pss = 0
     for p in procs:
-        try: tot += p.memory_info().rss
+        try: rss += p.memory_info().rss
         except Exception: pass
-    return tot / 2**20
+        try: pss += getattr(p.memory_full_info(), 'pss', 0)
+        except Exception: pass
+    return rss / 2**20, pss / 2**20
 
 
 def run_in_fresh_process(target: str, # 'package.module:function' or 'path/to/file.py:function'
@@ -185,7 +188,8 @@ def run_in_fresh_process(target: str, # 'package.module:function' or 'path/to/fi
     Added keys: `peak_rss_mb` (the child's own peak: VmHWM on Linux, else getrusage), `peak_rss_children_mb`
     (getrusage of its waited-for children, e.g. DataLoader workers; on Linux it includes what a worker inherited
     at fork), `peak_rss_tree_mb` (largest sampled sum of RSS over the child and its descendants, every
-    `poll_rss` s; pages shared between them count more than once; needs psutil), `loadavg_1m_before`, `wall_s`,
+    `poll_rss` s; pages shared between them count more than once; needs psutil), `peak_pss_tree_mb` (the same with
+    PSS: shared pages split between their sharers, so counted once; Linux), `loadavg_1m_before`, `wall_s`,
     `_import_s`, `_call_s`, `returncode`; on failure `error` (and `traceback` / `stderr_tail`) instead of raising,
     so one broken candidate does not stop a benchmark."""
     spec = _parse_target(target)
@@ -205,7 +209,7 @@ def run_in_fresh_process(target: str, # 'package.module:function' or 'path/to/fi
         with open(err_path, 'w') as err:
             proc = subprocess.Popen([sys.executable, '-c', _CHILD, spec_path], env=child_env, cwd=str(REPO_DIR),
                                     stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        peak_tree = [0.0]
+        peak_tree = [0.0, 0.0]
         stop = threading.Event()
         def sample():
             try:
@@ -213,7 +217,8 @@ def run_in_fresh_process(target: str, # 'package.module:function' or 'path/to/fi
                 p = psutil.Process(proc.pid)
             except Exception: return
             while not stop.is_set():
-                peak_tree[0] = max(peak_tree[0], _tree_rss_mb(p))
+                rss, pss = _tree_rss_mb(p)
+                peak_tree[0], peak_tree[1] = max(peak_tree[0], rss), max(peak_tree[1], pss)
                 stop.wait(poll_rss)
         th = threading.Thread(target=sample, daemon=True)
         if poll_rss: th.start()
@@ -236,6 +241,7 @@ def run_in_fresh_process(target: str, # 'package.module:function' or 'path/to/fi
             try: res['stderr_tail'] = Path(err_path).read_text()[-3000:]
             except OSError: pass
     res['peak_rss_tree_mb'] = round(peak_tree[0], 1) if peak_tree[0] else None
+    res['peak_pss_tree_mb'] = round(peak_tree[1], 1) if peak_tree[1] else None
     res['loadavg_1m_before'] = load_before
     res['wall_s'] = wall
     res['returncode'] = proc.returncode
