@@ -8,8 +8,8 @@ __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_median
            'spatial_graph', 'tokenize_adata', 'tokenize_files', 'tokenize_h5ad', 'load_example_lengths',
            'TokenizeTransform', 'BinnedTokenizer', 'BinnedTransform', 'tokenize_main']
 
-# %% ../nbs/06_tokenizers.ipynb #a48d55d8
-import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading, itertools
+# %% ../nbs/06_tokenizers.ipynb #7d6a58cb
+import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading, itertools, collections
 from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
@@ -204,7 +204,7 @@ class _MedianRefiner:
         med = _sorted_medians(g, v, G, self.base, self.cnt)
         return {gene: float(m) for gene, m in zip(self.acc.genes, med) if not np.isnan(m)}
 
-# %% ../nbs/06_tokenizers.ipynb #cef72b8b
+# %% ../nbs/06_tokenizers.ipynb #e4ef3a1b
 def _file_medians(path, gene_key, total_key, chunk_size, method, bins_per_decade, target_sum, allow_normalized, progress, refiner=None):
     "A MedianAccumulator (or, given a refiner, the refiner's second pass) over one file, read in row chunks."
     coll = H5adCollection([path], var_key=gene_key)
@@ -226,14 +226,24 @@ def _nnz(path) -> int:
         x = f['X']
         return int(x['data'].shape[0]) if isinstance(x, h5py.Group) else int(np.prod(x.shape))
 
-def _process_imap(fn, jobs, num_workers: int, initializer=None):
-    """`fn(*job)` for each job, in job order, in forked worker processes. A `ProcessPoolExecutor`, not a
-    `multiprocessing.Pool`: a worker that dies (killed, out of memory, a crash in a forked child of a threaded
-    process) raises `BrokenProcessPool` here instead of hanging the pool forever."""
+def _process_imap(fn, jobs, num_workers: int, initializer=None, n_jobs: int|None=None):
+    """`fn(*job)` for each job, in job order, in forked worker processes. `jobs` may be a generator (give `n_jobs`): each
+    job's arguments are made when it is about to be submitted, at most 2 × num_workers ahead of the results collected.
+    A `ProcessPoolExecutor`, not a `multiprocessing.Pool`: a worker that dies (killed, out of memory, a crash in a forked
+    child of a threaded process) raises `BrokenProcessPool` here instead of hanging the pool forever."""
     import multiprocessing as mp
+    from collections import deque
     from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=mp.get_context('fork'), initializer=initializer) as ex:
-        yield from ex.map(fn, *zip(*jobs))
+    n = len(jobs) if n_jobs is None else n_jobs
+    with ProcessPoolExecutor(min(num_workers, n), mp_context=mp.get_context('fork'), initializer=initializer) as ex:
+        pending = deque()
+        try:
+            for j in jobs:
+                pending.append(ex.submit(fn, *j))
+                if len(pending) > 2 * num_workers: yield pending.popleft().result()
+            while pending: yield pending.popleft().result()
+        finally:
+            for f in pending: f.cancel()          # after an error: jobs not started are dropped
 
 def _pool_map(fn, jobs, num_workers):
     "Map `fn` over argument tuples, in forked processes when num_workers > 1 (results in job order)."
@@ -1403,7 +1413,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #a56e82dd
+# %% ../nbs/06_tokenizers.ipynb #430a2e63
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1509,14 +1519,16 @@ def _job_chunks(tok: RankValueTokenizer, src: _Source, start: int, stop: int, ch
         yield np.arange(s, e), *tok._tokenize(_row_block(X, s, e), genes, t[s:e], where=path, neighbor_rows=(A[s:e], X, t),
                                               ragged=True, dtype=np.int32)
 
-def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_file, progress):
-    "Tokenize rows [start, stop) of one file into the Arrow file `shard_file` (one record batch per chunk); the tokenizer stats and the lengths written."
+def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_file, progress, graph=None):
+    """Tokenize rows [start, stop) of one file into the Arrow file `shard_file` (one record batch per chunk); the tokenizer
+    stats and the lengths written. `graph`: the file's neighbour graph when already built (else built here if needed)."""
     import pyarrow as pa
     tok.stats, tok._cmap, tok._cmap_src, tok._ccols = dict.fromkeys(tok.stats, 0), None, None, None   # unknown genes: once per job
     coll = H5adCollection([path], var_key=tok.gene_key)
     lengths = []
     try:
         src = _Source(tok, coll)
+        if graph is not None: src._graphs[0] = graph
         obs, schema = {k: _obs_values(coll, k) for k in obs_keys}, _arrow_schema(obs_types)
         with pa.OSFile(str(shard_file), 'wb') as sink, pa.ipc.new_stream(sink, schema) as w:
             for rows, ids, lens in _job_chunks(tok, src, start, stop, chunk_size, progress):
@@ -1571,20 +1583,32 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
     try:
         final = work / 'dataset'; final.mkdir()
         names = [f"data-{j:05d}-of-{len(jobs):05d}.arrow" for j in range(len(jobs))]   # save_to_disk's names, one file per job
-        args = [(tokenizer, p, i, s, e, obs_keys, obs_types, chunk_size, final / f, progress and num_workers == 1)
-                for f, (p, i, s, e) in zip(names, jobs)]
-        bar = tqdm(total=len(args), desc='tokenize jobs', disable=not progress or len(args) == 1)
+        split = {i for i, c in collections.Counter(j[1] for j in jobs).items() if c > 1}
+
+        def args():
+            "Job arguments; a file split into several jobs gets its graph built once, here, when its first job is due."
+            A = None
+            for f, (p, i, s, e) in zip(names, jobs):
+                if i not in split or tokenizer.mode != 'neighborhood': A = None
+                elif s == 0:
+                    coll = H5adCollection([p], var_key=tokenizer.gene_key)
+                    try: A = _Source(tokenizer, coll).graph(0)
+                    finally: coll.close()
+                yield (tokenizer, p, i, s, e, obs_keys, obs_types, chunk_size, final / f, progress and num_workers == 1, A)
+
+        bar = tqdm(total=len(jobs), desc='tokenize jobs', disable=not progress or len(jobs) == 1)
         res = []
-        if num_workers == 1 or len(args) == 1:
-            for a in args: res.append(_tokenize_job(*a)); bar.update()
+        if num_workers == 1 or len(jobs) == 1:
+            for a in args(): res.append(_tokenize_job(*a)); bar.update()
         else:
-            for r in _process_imap(_tokenize_job, args, num_workers, initializer=_mark_worker): res.append(r); bar.update()
+            for r in _process_imap(_tokenize_job, args(), num_workers, initializer=_mark_worker, n_jobs=len(jobs)):
+                res.append(r); bar.update()
         bar.close()
         _write_hf_state(final, names, obs_types)
         stats, lengths = [r[0] for r in res], np.concatenate([r[1] for r in res])
         with open(final / 'example_lengths.pkl', 'wb') as f: pickle.dump(lengths.tolist(), f)
         total = {k: sum(s[k] for s in stats) for k in stats[0]}
-        total['unknown_genes'] = sum(s['unknown_genes'] for s, a in zip(stats, args) if a[3] == 0)  # once per file
+        total['unknown_genes'] = sum(s['unknown_genes'] for s, j in zip(stats, jobs) if j[2] == 0)  # once per file
         summary = dict(files=paths, cells_in=n_in, cells_written=len(lengths), zero_cells_dropped=total['zero_cells'],
                        unknown_gene_columns=total['unknown_genes'],
                        isolated_spots=total['isolated_spots'], tokens=int(lengths.sum(dtype=np.int64)), mode=tokenizer.mode,

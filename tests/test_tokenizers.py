@@ -382,6 +382,22 @@ def test_on_disk_equals_tokenize_files(tmp_path, slides, vocab, mode, rows_per_j
     assert sorted(p.name for p in tmp_path.iterdir()) == ['ds']                                        # no temp folder left
 
 
+def test_on_disk_builds_each_graph_once_and_checks_coordinates_first(tmp_path, slides, vocab, monkeypatch):
+    td, med = vocab
+    calls = []
+    real = T.spatial_graph
+    monkeypatch.setattr(T, 'spatial_graph', lambda *a, **k: calls.append(1) or real(*a, **k))
+    tok = RankValueTokenizer(td, med, 20, mode='neighborhood')
+    for rpj in (50, 10**6):        # three jobs per file (graph built before the first, passed to all three), one job per file
+        calls.clear()
+        tokenize_h5ad(slides, tmp_path / f'ds{rpj}', tok, rows_per_job=rpj, progress=False)
+        assert len(calls) == 2
+    a = ad.read_h5ad(slides[1]); a.obsm['spatial'][5] = np.nan; a.write_h5ad(tmp_path / 'nan.h5ad')
+    with pytest.raises(TokenizerError, match=r"nan.h5ad obsm\['spatial'\]: 1 spots have missing"):
+        tokenize_h5ad([slides[0], tmp_path / 'nan.h5ad'], tmp_path / 'bad', tok, progress=False)
+    assert len(calls) == 2 and not (tmp_path / 'bad').exists() and not any(p.name.startswith('.bad') for p in tmp_path.iterdir())
+
+
 def test_dataset_folder_is_what_datasets_writes(tmp_path, slides, vocab):
     "Written with pyarrow only: the features, state.json and dataset_info.json datasets' own concatenate + save_to_disk give."
     import datasets as hfd, pyarrow as pa
