@@ -219,17 +219,18 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int):
         if got <= 0: raise OSError(f"short read at byte {offset + done} (file truncated?)")
         done += got
 
-# %% ../nbs/03_readers.ipynb #bf7b4785
+# %% ../nbs/03_readers.ipynb #e61d7fec
 def _find_libdeflate():
     "(alloc_decompressor, zlib_decompress) of libdeflate through ctypes, from the `deflate` wheel or the system, or None."
     import ctypes.util, glob
-    cands = []
-    try:
-        import deflate
-        cands += sorted(glob.glob(os.path.join(os.path.dirname(deflate.__file__), '_deflate*')))
-    except ImportError: pass
-    cands.append(ctypes.util.find_library('deflate'))
-    for c in filter(None, cands):
+    def places():
+        try:
+            import deflate                        # the extension module is loaded: CDLL below gets the same handle
+            yield from sorted(glob.glob(os.path.join(os.path.dirname(deflate.__file__), '_deflate*')))
+        except ImportError: pass
+        yield ctypes.util.find_library('deflate')  # runs `ldconfig -p`: only asked when the wheel's library fails
+    for c in places():
+        if not c: continue
         try:
             lib = ctypes.CDLL(c)
             alloc, dec = lib.libdeflate_alloc_decompressor, lib.libdeflate_zlib_decompress
