@@ -1146,7 +1146,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #a7251758
+# %% ../nbs/06_tokenizers.ipynb #3364dd5a
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str,
                build: bool=True, # False: only check the inputs (no triangulation); returns None when coordinates would be used
               ) -> sp.csr_matrix|None:
@@ -1180,11 +1180,24 @@ def tokenize_adata(self: RankValueTokenizer,
         totals = adata.obs[self.total_key].to_numpy(np.float64)
     if self.stformer_compat and totals is None and 'n_counts' in adata.obs: totals = adata.obs['n_counts'].to_numpy()
     X = _as_csr(adata.X) if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
-    graph = (lambda: (dict(adata.obsp), dict(adata.obsm))) if self.mode == 'neighborhood' else None
+    graph = (lambda: self._graph_for(dict(adata.obsp), dict(adata.obsm), X.shape[0], where)) if self.mode == 'neighborhood' else None
     return self._tokenize_matrix(X, gene_ids, totals, graph, where, dtype)
 
+def _background(fn, *args):
+    "Run `fn(*args)` on a new thread; a callable that waits for its result (raising its error)."
+    out = {}
+    def run():
+        try: out['r'] = fn(*args)
+        except BaseException as e: out['e'] = e
+    th = threading.Thread(target=run, daemon=True); th.start()
+    def result():
+        th.join()
+        if 'e' in out: raise out['e']
+        return out['r']
+    return result
+
 def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, totals, graph, where: str, dtype=np.int32) -> list:
-    "Token ids of every row of a whole sample's counts X; `graph()` gives (obsp, obsm) dicts for neighbourhood mode."
+    "Token ids of every row of a whole sample's counts X; `graph()` gives its neighbour graph in neighbourhood mode."
     if self.mode == 'spot' and not self.stformer_compat:     # row chunks: scratch memory stays small (and warm)
         tot = None if totals is None else np.asarray(totals, np.float64)
         if tot is not None and len(tot) != X.shape[0]: raise TokenizerError(f"totals: {len(tot)} values for {X.shape[0]} cells ({where})")
@@ -1192,7 +1205,7 @@ def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, total
                 for ids in self.tokenize_block(_row_block(X, a, a + _SPOT_ROWS), gene_ids,
                                                None if tot is None else tot[a:a + _SPOT_ROWS], where=where, dtype=dtype)]
     if self.mode == 'spot': return self.tokenize_block(X, gene_ids, totals, where=where, dtype=dtype)
-    A = self._graph_for(*graph(), X.shape[0], where)
+    A = graph()
     if self.stformer_compat:
         t = _row_sums(X) if totals is None else np.asarray(totals)
         k = np.flatnonzero(t.astype(int) > 0)             # stFormer drops zero-count spots from the graph too
@@ -1393,7 +1406,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #2a48c7fb
+# %% ../nbs/06_tokenizers.ipynb #1f43639d
 def tokenize_files(self: RankValueTokenizer,
                    paths, # one or many .h5ad files of raw counts (a file is one sample: neighbourhoods stay within it)
                    dtype=np.int32, # of the returned ids
@@ -1403,17 +1416,19 @@ def tokenize_files(self: RankValueTokenizer,
     for path in _as_paths(paths):
         coll = H5adCollection([path], var_key=self.gene_key)
         try:
-            src = _Source(self, coll)
+            src, graph = _Source(self, coll), None
+            if self.mode == 'neighborhood':       # built while X is read: Qhull releases the GIL
+                graph = _background(self._graph_for, *src.graph_inputs(0), coll.n_obs, str(path))
             X = coll.read(np.arange(coll.n_obs)).X
             key = self.total_key or ('n_counts' if self.stformer_compat and 'n_counts' in coll._infos[0].obs_columns else None)
             totals = None if key is None else np.asarray(coll.obs_column(key), np.float64)
-            out += self._tokenize_matrix(X, coll.var_names, totals, lambda: src.graph_inputs(0), str(path), dtype)
+            out += self._tokenize_matrix(X, coll.var_names, totals, graph, str(path), dtype)
         finally: coll.close()
     return out
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #430a2e63
+# %% ../nbs/06_tokenizers.ipynb #ac1661ad
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1507,13 +1522,15 @@ def _job_chunks(tok: RankValueTokenizer, src: _Source, start: int, stop: int, ch
             yield rows, *src.tokenize(rows, coll.read(rows).X, ragged=True, dtype=np.int32)
         return
     # neighbourhood mode, a whole file (at most rows_per_job rows): read once, every chunk's neighbours taken from it
+    src.graph_inputs(0)
+    graph = _background(src.graph, 0)                     # built while X is read: Qhull releases the GIL
     X = coll.read(np.arange(coll.n_obs)).X
     if _numba_fill() is not None and X.dtype in (np.float32, np.float64):
         t, flags = _row_sums_fast(X)                       # totals and the counts check in one compiled pass
         if flags.any(): _check_values(X.data, path, tok.allow_normalized)
     else: _check_values(X.data, path, tok.allow_normalized); t = _row_sums(X)
     if tok.total_key is not None: t = src.totals(np.arange(coll.n_obs), X)
-    A = src.graph(0)
+    A = graph()
     for s in bar:
         e = min(s + chunk_size, stop)
         yield np.arange(s, e), *tok._tokenize(_row_block(X, s, e), genes, t[s:e], where=path, neighbor_rows=(A[s:e], X, t),

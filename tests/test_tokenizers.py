@@ -396,6 +396,8 @@ def test_on_disk_builds_each_graph_once_and_checks_coordinates_first(tmp_path, s
     with pytest.raises(TokenizerError, match=r"nan.h5ad obsm\['spatial'\]: 1 spots have missing"):
         tokenize_h5ad([slides[0], tmp_path / 'nan.h5ad'], tmp_path / 'bad', tok, progress=False)
     assert len(calls) == 2 and not (tmp_path / 'bad').exists() and not any(p.name.startswith('.bad') for p in tmp_path.iterdir())
+    with pytest.raises(TokenizerError, match=r"nan.h5ad obsm\['spatial'\]: 1 spots have missing"):   # raised on the graph's thread
+        tok.tokenize_files([slides[0], tmp_path / 'nan.h5ad'])
 
 
 def test_dataset_folder_is_what_datasets_writes(tmp_path, slides, vocab):
