@@ -8,8 +8,8 @@ __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_median
            'spatial_graph', 'tokenize_adata', 'tokenize_files', 'tokenize_h5ad', 'load_example_lengths',
            'TokenizeTransform', 'BinnedTokenizer', 'BinnedTransform', 'tokenize_main']
 
-# %% ../nbs/06_tokenizers.ipynb #7d6a58cb
-import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading, itertools, collections
+# %% ../nbs/06_tokenizers.ipynb #34aafb36
+import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading, itertools, collections, functools
 from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
@@ -1428,7 +1428,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #ac1661ad
+# %% ../nbs/06_tokenizers.ipynb #bd7fcce9
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1446,11 +1446,16 @@ def _features(obs_types: dict):
     for k, kind in obs_types.items(): f[k] = hfd.Value(_OBS_DTYPE[kind])
     return hfd.Features(f)
 
+@functools.lru_cache(None)
+def _datasets_major() -> int:
+    "Major version of the installed `datasets` (from its metadata: no import)."
+    from importlib.metadata import version
+    return int(version('datasets').split('.')[0])
+
 def _hf_features(obs_types: dict) -> dict:
     """`_features(obs_types).to_dict()`, spelled out for datasets >= 4 so that writing needs no `import datasets`
     (0.5–0.8 s, more than tokenizing a slide); older versions (another layout: 'Sequence', ids) are asked."""
-    from importlib.metadata import version
-    if int(version('datasets').split('.')[0]) < 4: return _features(obs_types).to_dict()
+    if _datasets_major() < 4: return _features(obs_types).to_dict()
     v = lambda dtype: {'dtype': dtype, '_type': 'Value'}
     f = {'input_ids': {'feature': v('int32'), '_type': 'List'}, 'length': v('int32'), 'source_file': v('int32'), 'source_row': v('int64')}
     for k, kind in obs_types.items(): f[k] = v(_OBS_DTYPE[kind])
