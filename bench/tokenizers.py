@@ -187,13 +187,13 @@ def run_on_the_fly(path, med, td, n_cells, num_workers=0, mode='spot', batch_siz
 
 
 def run_disk(path, med, td, out_dir, num_workers=1, mode='spot', gene_key=None):
-    "tokenize_h5ad: HF dataset + example lengths on disk."
+    "tokenize_h5ad (one file or a list): HF dataset + example lengths on disk."
     import shutil
     from spatial_dl.tokenizers import tokenize_h5ad
     tok = _tok(med, td, mode, gene_key=gene_key)
     t0 = time.perf_counter()
-    s = tokenize_h5ad([path], out_dir, tok, num_workers=num_workers, overwrite=True, progress=False,
-                      rows_per_job=25_000)
+    s = tokenize_h5ad(list(path) if isinstance(path, (list, tuple)) else [path], out_dir, tok, num_workers=num_workers,
+                      overwrite=True, progress=False, rows_per_job=25_000)
     wall = time.perf_counter() - t0
     shutil.rmtree(out_dir, ignore_errors=True)
     return dict(cells=s['cells_written'], tokens=s['tokens'], cells_per_s=s['cells_written'] / wall, tokens_per_s=s['tokens'] / wall)
@@ -318,6 +318,9 @@ def main():
         ds = [str(p) for p in dataset]
         for mode in ('spot', 'neighborhood'):
             cand[f'spatial-dataset/{mode}/spatial_dl files'] = C('run_ours_like_stformer', path=ds, med=med_d, td=td_d, mode=mode, gene_key='ensembl_id')
+            for w in (1, 2):     # the same slides written as a dataset (one job per slide)
+                cand[f'spatial-dataset/{mode}/disk w{w}'] = C('run_disk', path=ds, med=med_d, td=td_d, out_dir=str(data_dir / f'tok_out_ds_{mode}'),
+                                                              num_workers=w, mode=mode, gene_key='ensembl_id')
             if args.stformer_python:
                 cand[f'spatial-dataset/{mode}/stFormer'] = C('run_stformer', path=ds, med=med_d, td=td_d, stformer_python=args.stformer_python, mode=mode)
     if quick:   # <= 60 s on an idle 2-core machine: one candidate per comparison (each fresh process pays its imports)
