@@ -624,7 +624,7 @@ def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
     m.data, m.indices, m.indptr = data, indices, indptr
     return m
 
-# %% ../nbs/03_readers.ipynb #70e2290e
+# %% ../nbs/03_readers.ipynb #47c74f74
 _IOV_MAX = 1024
 
 def _preadv_scatter(fd: int, bufs: list, offset: int):
@@ -809,7 +809,7 @@ def _read_fast(self: H5adCollection, rows: np.ndarray, fid: np.ndarray) -> sp.cs
     return _csr(data, indices if idt == np.int32 else indices.astype(np.int64), indptr.astype(idt), (n, self.n_vars))
 
 def _read_general(self: H5adCollection, rows: np.ndarray, fid: np.ndarray) -> sp.csr_matrix:
-    "Any layout: sorted unique rows per file (coalesced ranges, gene alignment), then permuted into the order given."
+    "Any layout: sorted unique rows per file (coalesced ranges, gene alignment), then permuted into the order given (pooled buffers)."
     uniq, inv = np.unique(rows, return_inverse=True)
     ufid = np.searchsorted(self.offsets, uniq, side='right') - 1
     cuts = np.searchsorted(ufid, np.arange(len(self.paths) + 1))
@@ -823,7 +823,12 @@ def _read_general(self: H5adCollection, rows: np.ndarray, fid: np.ndarray) -> sp
     X = sp.csr_matrix((cat(datas, np.float32), cat(inds, np.int32), np.concatenate(ptrs)),
                       shape=(len(uniq), self.n_vars), copy=False)
     same = len(uniq) == len(rows) and (len(rows) < 2 or (np.diff(rows) > 0).all())
-    return X if same else X[inv.ravel()]
+    if not same: X = X[inv.ravel()]
+    # into pooled buffers, like the fast path: reused memory, and shared memory in a DataLoader worker (no pickling)
+    data, indices = self._pool.array(X.nnz, np.float32), self._pool.array(X.nnz, np.int32)
+    data[:], indices[:] = X.data, X.indices
+    if X.nnz >= 2**31 - 1: indices = indices.astype(np.int64)
+    return _csr(data, indices, X.indptr.astype(indices.dtype), X.shape)
 
 H5adCollection._read_fast, H5adCollection._read_general = _read_fast, _read_general
 
