@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['RAW_X', 'GAP_BYTES', 'ReaderError', 'ReadBlock', 'H5adCollection', 'BufferPool']
 
-# %% ../nbs/03_readers.ipynb #f2f17bf3
-import os, sys, threading, zlib, ctypes
+# %% ../nbs/03_readers.ipynb #1b77bf30
+import os, sys, errno, threading, zlib, ctypes
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -361,7 +361,7 @@ def _codes(values: np.ndarray, cats: list, pos: dict) -> np.ndarray:
     out[present] = look[inv.ravel()]
     return out
 
-# %% ../nbs/03_readers.ipynb #6678ac19
+# %% ../nbs/03_readers.ipynb #427b9f1e
 class H5adCollection:
     "Many .h5ad files behind one global row index; reads sorted rows as CSR (+ obs, obsm). I/O only, pickles cleanly."
     def __init__(self,
@@ -397,6 +397,7 @@ class H5adCollection:
         self.var_names, self._colmaps = _align(self._infos, var_join)
         self._pid, self._fds, self._h5, self._indptr, self._obs = None, {}, {}, {}, {}
         self._pool, self.gap_bytes, self._scratch_buf = BufferPool(), GAP_BYTES, None
+        _fd_room(2 * len(paths))       # a descriptor (and maybe an h5py handle) per file stays open while reading
 
     @property
     def n_obs(self) -> int: return int(self.offsets[-1])
@@ -438,16 +439,35 @@ def _as_keys(keys, name) -> tuple:
         if not isinstance(k, str): raise TypeError(f"{name}: expected strings, got {k!r}")
     return keys
 
-# %% ../nbs/03_readers.ipynb #730bd915
+# %% ../nbs/03_readers.ipynb #a076334c
 def _check_pid(self: H5adCollection):
     pid = os.getpid()
     if self._pid != pid:  # new process (fork) or first use: forget inherited handles without closing them
         self._pid, self._fds, self._h5 = pid, {}, {}
 
+def _fd_room(n: int) -> int:
+    """Raise this process's soft limit on open files (up to the hard limit) so that `n` more fit beside a margin; the
+    soft limit now. Collections keep one descriptor per file open (a DataLoader worker inherits the limit)."""
+    try: import resource
+    except ImportError: return -1                        # not on this platform
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try: resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard)); soft = new
+        except (ValueError, OSError): pass
+    return soft
+
 def _fd(self: H5adCollection, i: int) -> int:
     _check_pid(self)
     fd = self._fds.get(i)
-    if fd is None: fd = self._fds[i] = os.open(self.paths[i], os.O_RDONLY)
+    if fd is None:
+        try: fd = self._fds[i] = os.open(self.paths[i], os.O_RDONLY)
+        except OSError as e:
+            if e.errno != errno.EMFILE: raise ReaderError(f"{self.paths[i]}: cannot be opened ({e.strerror})") from e
+            raise ReaderError(f"{self.paths[i]}: cannot be opened: too many open files ({len(self._fds)} of this collection's "
+                              f"{len(self.paths)} files already open; this process may open {_fd_room(0)}): raise the "
+                              f"limit (`ulimit -n`, or its hard limit) above {len(self.paths) + 256}") from e
     return fd
 
 def _h5file(self: H5adCollection, i: int) -> h5py.File:

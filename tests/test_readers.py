@@ -252,3 +252,32 @@ def test_bad_keys_and_arguments(files):
     with pytest.raises(IndexError, match=r'ids must be in \[0, 60\)'): coll.read(np.array([-1]))
     with pytest.raises(ValueError, match='integer row ids'): coll.read(np.array([0.5]))
     with pytest.raises(ValueError, match='1-d array'): coll.read(np.zeros((2, 2), int))
+
+
+_MANY_FILES = '''
+import resource, sys, numpy as np
+from spatial_dl.readers import H5adCollection, ReaderError
+soft, hard = int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+paths = sys.argv[4:]
+try:
+    c = H5adCollection(paths)
+    X = c.read(np.arange(c.n_obs)[::-1]).X
+    print('ok', X.shape[0], resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+except ReaderError as e: print('error', e)
+'''
+
+
+def test_many_files_raise_the_open_file_limit_or_say_how(tmp_path, files):
+    "300 files with a soft limit of 64: raised to fit when the hard limit allows; otherwise a clear error naming the limit."
+    import shutil, subprocess, sys
+    d, ads, paths = files
+    many = []
+    for k in range(300):
+        many.append(str(tmp_path / f'f{k}.h5ad')); shutil.copy(paths['c'], many[-1])
+    run = lambda soft, hard: subprocess.run([sys.executable, '-c', _MANY_FILES, '-', str(soft), str(hard), *many],
+                                            capture_output=True, text=True, timeout=300).stdout.strip()
+    out = run(64, 4096)
+    assert out.startswith('ok') and int(out.split()[1]) == 300 * 33 and int(out.split()[2]) >= 300, out
+    out = run(64, 64)
+    assert out.startswith('error') and 'too many open files' in out and 'ulimit -n' in out and 'f' in out, out
