@@ -53,15 +53,16 @@ def _read_array(node, path, key) -> np.ndarray:
     raise ReaderError(f"{path}: {key} has unsupported encoding {enc!r} (expected an array, string-array, "
                       f"categorical or nullable array)")
 
-# %% ../nbs/03_readers.ipynb #6177d9a5
+# %% ../nbs/03_readers.ipynb #2b0e53da
 def _chunk_table(dset: h5py.Dataset):
     "Byte offset of every chunk of an uncompressed dataset chunked along axis 0 only, in order (None if not readable so)."
     if dset.compression is not None or dset.shuffle or dset.fletcher32 or dset.scaleoffset is not None: return None
     if tuple(dset.chunks[1:]) != tuple(dset.shape[1:]): return None
-    n_chunks = -(-dset.shape[0] // dset.chunks[0])
+    C = dset.chunks[0]                    # (an h5py property: read once, not per chunk)
+    n_chunks = -(-dset.shape[0] // C)
     offs = np.full(n_chunks, -1, np.int64)
     def visit(si):
-        if si.filter_mask == 0: offs[si.chunk_offset[0] // dset.chunks[0]] = si.byte_offset
+        if si.filter_mask == 0: offs[si.chunk_offset[0] // C] = si.byte_offset
     try: dset.id.chunk_iter(visit)
     except Exception: return None
     return None if (offs < 0).any() else offs
@@ -77,10 +78,11 @@ def _zchunk_table(dset: h5py.Dataset):
         ids = tuple(int(pl.get_filter(k)[0]) for k in range(pl.get_nfilters()))
     except Exception: return None
     if _H5Z_DEFLATE not in ids or not set(ids) <= {_H5Z_DEFLATE, _H5Z_SHUFFLE}: return None
-    n_chunks = -(-dset.shape[0] // dset.chunks[0])
+    C = dset.chunks[0]
+    n_chunks = -(-dset.shape[0] // C)
     offs, sizes, masks = np.full(n_chunks, -1, np.int64), np.zeros(n_chunks, np.int64), np.zeros(n_chunks, np.int64)
     def visit(si):
-        c = si.chunk_offset[0] // dset.chunks[0]
+        c = si.chunk_offset[0] // C
         offs[c], sizes[c], masks[c] = si.byte_offset, si.size, si.filter_mask
     try: dset.id.chunk_iter(visit)
     except Exception: return None
