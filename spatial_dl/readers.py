@@ -305,9 +305,12 @@ class ReadBlock:
 
     def __len__(self): return self.X.shape[0]
 
-# %% ../nbs/03_readers.ipynb #e16b393a
+# %% ../nbs/03_readers.ipynb #e7726d33
 def _align(infos, var_join):
     "The joint gene list and, per file, a lookup table from file column to joint column (-1: dropped) or None (identity)."
+    first = infos[0].var_names
+    for fi in infos[1:]:         # files with the same genes share one array: memory, and pickled once to each worker
+        if len(fi.var_names) == len(first) and (fi.var_names == first).all(): fi.var_names = first
     names = [fi.var_names for fi in infos]
     same = all(len(n) == len(names[0]) and (n == names[0]).all() for n in names[1:])
     if var_join is None:

@@ -281,3 +281,13 @@ def test_many_files_raise_the_open_file_limit_or_say_how(tmp_path, files):
     assert out.startswith('ok') and int(out.split()[1]) == 300 * 33 and int(out.split()[2]) >= 300, out
     out = run(64, 64)
     assert out.startswith('error') and 'too many open files' in out and 'ulimit -n' in out and 'f' in out, out
+
+
+def test_files_with_the_same_genes_share_one_gene_array(files):
+    "Collections of many files with the same genes keep (and pickle to each worker) one gene array, not one per file."
+    d, ads, paths = files
+    one, many = H5adCollection([paths['c']]), H5adCollection([paths['c'], paths['a'], paths['lzf']] * 40)
+    assert all(fi.var_names is many._infos[0].var_names for fi in many._infos)
+    assert len(pickle.dumps(many)) < 40 * len(pickle.dumps(one))        # 120 files; per-file arrays would be ~120x
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(many)).read([5, 40, 3000]).X.toarray(),
+                                  np.vstack([_dense(ads['c']), _dense(ads['a']), _dense(ads['c'])] * 40)[[5, 40, 3000]])
