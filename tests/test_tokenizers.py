@@ -367,7 +367,7 @@ def test_on_disk_equals_on_the_fly_across_ranks_and_workers(tmp_path, slides, vo
 
 @pytest.mark.parametrize('mode', ['spot', 'neighborhood'])
 @pytest.mark.parametrize('rows_per_job,num_workers', [(10**6, 1), (10**6, 2), (50, 1), (50, 2)])
-def test_on_disk_equals_tokenize_files(tmp_path, slides, vocab, mode, rows_per_job, num_workers):
+def test_on_disk_equals_tokenize_files(tmp_path, slides, vocab, mode, rows_per_job, num_workers, engine):
     "Whole-file jobs and several jobs per file (chunks not aligned to them), in one or two processes: tokenize_files' tokens, in order."
     from datasets import load_from_disk
     td, med = vocab
