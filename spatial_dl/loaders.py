@@ -86,7 +86,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #cbd8bfe2
+# %% ../nbs/04_loaders.ipynb #4495e013
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -166,6 +166,7 @@ class AnnDataset(IterableDataset):
     def __getstate__(self):
         d = self.__dict__.copy()
         d.pop('_ahead', None)                  # a read of the next epoch in progress stays with this process
+        d.pop('_plans', None)                  # plans are cheap to remake and may be large
         if d['rank'] is None:
             # Inside a distributed job, spawned DataLoader workers cannot discover the rank: pin it. Outside one (e.g. a
             # parent about to start DDP processes with spawn), leave it to be discovered in the process that iterates.
@@ -194,8 +195,18 @@ class AnnDataset(IterableDataset):
              worker: int=0, num_workers: int=1) -> FetchPlan:
         "The `FetchPlan` this rank (and worker) delivers for `epoch`."
         r, w = self._rank_world()
-        return self.strategy.plan(self.indices, self.batch_size, self.seed, self.epoch if epoch is None else epoch,
-                                  DistInfo(r, w, worker, num_workers), self.drop_last, self.pad)
+        e = self.epoch if epoch is None else epoch
+        # the last two plans are kept: the next epoch's first fetch is read ahead at the end of an epoch, then the
+        # epoch itself needs the same plan (seconds of CPU for 10^7+ cells)
+        key = (id(self.indices), len(self.indices), self.batch_size, self.seed, e, r, w, worker, num_workers, self.drop_last,
+               self.pad, repr(self.strategy))
+        cache = self.__dict__.setdefault('_plans', {})
+        p = cache.get(key)
+        if p is None:
+            p = self.strategy.plan(self.indices, self.batch_size, self.seed, e, DistInfo(r, w, worker, num_workers), self.drop_last, self.pad)
+            while len(cache) >= 2: cache.pop(next(iter(cache)))
+            cache[key] = p
+        return p
 
 # %% ../nbs/04_loaders.ipynb #86a166a5
 def _load_fetch(self: AnnDataset, rows: np.ndarray, blk=None) -> list[dict]:

@@ -417,3 +417,19 @@ def test_failed_read_ahead_falls_back_to_a_normal_read(data):
     got = [(b['index'].numpy(), b['X'].numpy()) for b in ds]
     np.testing.assert_array_equal(np.concatenate([i for i, _ in got]), np.concatenate(ds.plan(0).fetches))
     for i, x in got: np.testing.assert_array_equal(x, X[i])
+
+
+def test_plans_are_kept_for_reuse_but_follow_every_change(data):
+    "The next epoch's plan, made at the end of an epoch, is reused; a new seed/epoch/batch size makes a new one; not pickled."
+    paths, adatas, X = data
+    ds = AnnDataset(paths, **KW)
+    ds.set_epoch(1)
+    p1 = ds.plan()
+    assert ds.plan(1) is p1 and ds.plan(2) is not p1
+    ds.seed = 4; p4 = ds.plan(1)
+    assert p4 is not p1 and p4.seed == 4 and not all(np.array_equal(a, b) for a, b in zip(p4.fetches, p1.fetches))
+    ds.batch_size = 8; assert ds.plan(1).batch_size == 8
+    assert len(ds.__dict__['_plans']) <= 2 and '_plans' not in pickle.loads(pickle.dumps(ds)).__dict__
+    list(ds)                                       # an epoch reads ahead into the next one: that plan is then reused
+    made = [v for k, v in ds.__dict__['_plans'].items() if k[4] == 2]
+    assert len(made) == 1 and ds.plan(2) is made[0]
