@@ -535,3 +535,9 @@ def test_a_dead_worker_process_raises_instead_of_hanging():
     from spatial_dl.tokenizers import _process_imap
     with pytest.raises(BrokenProcessPool): list(_process_imap(_exit_now, [(3,), (3,)], 2))
     assert list(_process_imap(abs, [(-1,), (2,), (-3,)], 2)) == [1, 2, 3]
+    made = []
+    def jobs():                       # a generator: arguments made only a few jobs ahead of the results
+        for i in range(10): made.append(i); yield (-i,)
+    it = _process_imap(abs, jobs(), 1, n_jobs=10)
+    assert next(it) == 0 and len(made) <= 3
+    assert list(it) == list(range(1, 10)) and len(made) == 10
