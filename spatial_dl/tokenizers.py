@@ -1298,7 +1298,7 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
 
-# %% ../nbs/06_tokenizers.ipynb #51877712
+# %% ../nbs/06_tokenizers.ipynb #9f4720d9
 def _read_elem(node):
     "An obsp/obsm element of an open h5ad: CSR/CSC groups and plain arrays with h5py (fast), anything else through anndata."
     import h5py
@@ -1355,8 +1355,9 @@ class _Source:
             self._compat[i] = (nc, bool(np.allclose(rs, np.round(rs))))
         return self._compat[i]
 
-    def neighbor_inputs(self, rows: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
-        "(M, Xn, tn) for global `rows` (any order): the neighbour rows Xn (one sorted read), their totals tn and weights M (rows × neighbours)."
+    def neighbor_inputs(self, rows: np.ndarray, with_rows: bool=False) -> tuple:
+        """(M, Xn, tn) for global `rows` (any order): the neighbour rows Xn (one sorted read), their totals tn and weights M
+        (rows × neighbours). `with_rows`: Xn also holds `rows` (read with the neighbours), and their places in Xn come fourth."""
         off = self.reader.offsets
         fid = np.searchsorted(off, rows, side='right') - 1
         r_, c_, d_ = [], [], []
@@ -1369,17 +1370,21 @@ class _Source:
             r_.append(np.repeat(pos, np.diff(A.indptr))); c_.append(A.indices + off[i]); d_.append(A.data)
         r, c, d = np.concatenate(r_), np.concatenate(c_).astype(np.int64), np.concatenate(d_)
         nbrs, inv = np.unique(c, return_inverse=True)
-        M = sp.csr_matrix((d, (r, inv.ravel())), shape=(len(rows), len(nbrs)))
+        inv = inv.ravel()
+        if with_rows:                                     # (sorted, so the neighbours' order, and the sums, are unchanged)
+            u = np.union1d(nbrs, rows); nbrs, inv = u, np.searchsorted(u, nbrs)[inv]
+        M = sp.csr_matrix((d, (r, inv)), shape=(len(rows), len(nbrs)))
         Xn = self.reader.read(nbrs).X if len(nbrs) else sp.csr_matrix((0, self.reader.n_vars), dtype=np.float32)
         allow = self.tok.allow_normalized or self.tok.stformer_compat
+        where = f"{', '.join(self.reader.paths[i] for i in np.unique(fid).tolist())} (neighbour rows)"
         if _numba_fill() is not None and Xn.data.dtype in (np.float32, np.float64):
             sums, flags = _row_sums_fast(Xn)                  # totals and the counts check in one compiled pass
-            if flags.any(): _check_values(Xn.data, 'neighbour rows', allow)
+            if flags.any(): _check_values(Xn.data, where, allow)
             key_sums = self.totals(nbrs, Xn) if (self.tok.total_key is not None or self.tok.stformer_compat) else sums
         else:
-            _check_values(Xn.data, 'neighbour rows', allow)
+            _check_values(Xn.data, where, allow)
             key_sums = self.totals(nbrs, Xn)
-        return M, Xn, key_sums
+        return (M, Xn, key_sums, np.searchsorted(nbrs, rows)) if with_rows else (M, Xn, key_sums)
 
     def tokenize(self, rows: np.ndarray, X: sp.csr_matrix|None=None, ragged: bool=False, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
         "Padded token ids and lengths of global `rows` (X: their counts when already read); `ragged`, `dtype`: see `_tokenize`."
@@ -1428,7 +1433,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #bd7fcce9
+# %% ../nbs/06_tokenizers.ipynb #a397a357
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1521,10 +1526,18 @@ def _job_chunks(tok: RankValueTokenizer, src: _Source, start: int, stop: int, ch
     coll = src.reader
     path, genes = coll.paths[0], coll.var_names
     bar = tqdm(range(start, stop, chunk_size), desc=Path(path).name, disable=not progress, leave=False)
-    if tok.mode == 'spot' or tok.stformer_compat or (start, stop) != (0, coll.n_obs):
-        for s in bar:       # neighbourhood mode: each chunk's neighbour rows are read with it
+    if tok.mode == 'spot' or tok.stformer_compat:
+        for s in bar:
             rows = np.arange(s, min(s + chunk_size, stop))
             yield rows, *src.tokenize(rows, coll.read(rows).X, ragged=True, dtype=np.int32)
+        return
+    if (start, stop) != (0, coll.n_obs):                  # part of a file: each chunk read with its neighbour rows, at once
+        for s in bar:
+            rows = np.arange(s, min(s + chunk_size, stop))
+            M, Xn, tn, at = src.neighbor_inputs(rows, with_rows=True)
+            X = _row_block(Xn, int(at[0]), int(at[0]) + len(rows))        # contiguous rows: contiguous in Xn
+            t = None if tok.total_key is None else src.totals(rows, X)
+            yield rows, *tok._tokenize(X, genes, t, where=path, neighbor_rows=(M, Xn, tn), ragged=True, dtype=np.int32)
         return
     # neighbourhood mode, a whole file (at most rows_per_job rows): read once, every chunk's neighbours taken from it
     src.graph_inputs(0)

@@ -489,6 +489,10 @@ def test_bad_input_is_named(tmp_path, slides, vocab):
     a = ad.read_h5ad(slides[0]); a.X = a.X * 0.5; a.write_h5ad(tmp_path / 'norm.h5ad')
     with pytest.raises(TokenizerError, match='norm.h5ad: X holds non-integer values'):
         tokenize_h5ad([tmp_path / 'norm.h5ad'], tmp_path / 'o4', RankValueTokenizer(td, med, 16), progress=False)
+    for rpj in (50, 10**6):      # neighbourhood mode, a file split into jobs (its chunks read with their neighbours) and whole
+        with pytest.raises(TokenizerError, match=r'norm.h5ad( \(neighbour rows\))?: X holds non-integer values'):
+            tokenize_h5ad([tmp_path / 'norm.h5ad'], tmp_path / 'o6', RankValueTokenizer(td, med, 16, mode='neighborhood'), rows_per_job=rpj,
+                          progress=False)
     s = tokenize_h5ad([tmp_path / 'norm.h5ad'], tmp_path / 'o5', RankValueTokenizer(td, med, 16, allow_normalized=True), progress=False)
     assert s['cells_written'] == 144
     with pytest.raises(TokenizerError, match='model_input_size=2 leaves no room'): RankValueTokenizer(td, med, 2, special_tokens=True)
