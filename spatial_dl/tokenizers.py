@@ -1032,7 +1032,7 @@ def _tokenize_numpy(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, 
     self.stats['cells'] += int((~zero).sum()); self.stats['zero_cells'] += int(zero.sum()); self.stats['tokens'] += int(lens.sum())
     return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #bd26c0e4
+# %% ../nbs/06_tokenizers.ipynb #1db4a45d
 def _frame(self: RankValueTokenizer, parts: list) -> tuple[np.ndarray, np.ndarray]:
     "Concatenate padded parts [(ids, lengths), ...] row-wise, adding <cls>/<eos> when asked; padded ids and lengths."
     if len(parts) == 1 and not self.special_tokens: return parts[0][0], parts[0][1].copy()
@@ -1092,7 +1092,10 @@ def tokenize_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_
                    dtype=np.int32, # of the returned ids (int32, as datasets on disk store them; np.int64 for torch's default)
                   ) -> list:
     "Token ids of every cell of a block as a list of integer arrays (empty for zero-count cells); arguments as `tokenize_block_padded`."
-    ids, lens = self._tokenize(X, gene_ids, totals, neighbor_X, neighbor_totals, where, raw, neighbor_rows, ragged=True, dtype=dtype)
+    return _per_row(*self._tokenize(X, gene_ids, totals, neighbor_X, neighbor_totals, where, raw, neighbor_rows, ragged=True, dtype=dtype))
+
+def _per_row(ids: np.ndarray, lens: np.ndarray) -> list:
+    "One array (a view) per row from ids flat (row after row) or padded, and the lengths."
     if ids.ndim == 1:
         ends = np.cumsum(lens)
         return [ids[e - l:e] for e, l in zip(ends.tolist(), lens.tolist())]
@@ -1146,7 +1149,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #3364dd5a
+# %% ../nbs/06_tokenizers.ipynb #defcc77a
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str,
                build: bool=True, # False: only check the inputs (no triangulation); returns None when coordinates would be used
               ) -> sp.csr_matrix|None:
@@ -1210,12 +1213,22 @@ def _tokenize_matrix(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, total
         t = _row_sums(X) if totals is None else np.asarray(totals)
         k = np.flatnonzero(t.astype(int) > 0)             # stFormer drops zero-count spots from the graph too
         return self.tokenize_block(X, gene_ids, t, neighbor_X=A[:, k] @ X[k], where=where, dtype=dtype)
-    t = (_row_sums_fast(X)[0] if _numba_fill() is not None and X.dtype in (np.float32, np.float64) else _row_sums(X)) \
-        if totals is None else np.asarray(totals, np.float64)
+    return [x for _, _, ids, lens in self._neighborhood_blocks(X, gene_ids, totals, A, where, _ADATA_ROWS, dtype) for x in _per_row(ids, lens)]
+
+def _neighborhood_blocks(self: RankValueTokenizer, X: sp.csr_matrix, gene_ids, totals, A, where: str, block: int, dtype=np.int32):
+    """(a, b, ids, lengths) of the row blocks a..b of a whole sample's counts X in neighbourhood mode (not stFormer's):
+    every spot's neighbours are rows of X itself, weighted by graph A; a block's ids flat (row after row) when compiled."""
+    if totals is None:
+        if _numba_fill() is not None and X.dtype in (np.float32, np.float64):
+            t, flags = _row_sums_fast(X)                   # totals and the counts check in one compiled pass
+            if flags.any(): _check_values(X.data, where, self.allow_normalized)
+        else: _check_values(X.data, where, self.allow_normalized); t = _row_sums(X)
+    else: t = np.asarray(totals, np.float64)
     A = sp.csr_matrix(A)
-    return [ids for a in range(0, X.shape[0], _ADATA_ROWS)
-            for ids in self.tokenize_block(_row_block(X, a, a + _ADATA_ROWS), gene_ids, t[a:a + _ADATA_ROWS], where=where,
-                                           neighbor_rows=(A[a:a + _ADATA_ROWS], X, t), dtype=dtype)]
+    for a in range(0, X.shape[0], block):
+        b = min(a + block, X.shape[0])
+        yield a, b, *self._tokenize(_row_block(X, a, b), gene_ids, t[a:b], where=where, neighbor_rows=(A[a:b], X, t),
+                                    ragged=True, dtype=dtype)
 
 _ADATA_ROWS = 1024    # tokenize_adata works in blocks of this many cells in neighbourhood mode (their neighbour keys: ~20 MB of scratch)
 _SPOT_ROWS = 4096     # and of this many in spot mode (scratch per 16 rows: larger blocks only save per-block overhead)
@@ -1233,6 +1246,7 @@ def _var_column(adata, key, where):
     return adata.var[key].astype(str).to_numpy()
 
 RankValueTokenizer._graph_for, RankValueTokenizer.tokenize_adata, RankValueTokenizer._tokenize_matrix = _graph_for, tokenize_adata, _tokenize_matrix
+RankValueTokenizer._neighborhood_blocks = _neighborhood_blocks
 
 # %% ../nbs/06_tokenizers.ipynb #29d7f88e
 def _stformer_delaunay(coords, where='coords') -> sp.csr_matrix:
@@ -1433,7 +1447,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #a397a357
+# %% ../nbs/06_tokenizers.ipynb #f8478a8f
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1543,16 +1557,8 @@ def _job_chunks(tok: RankValueTokenizer, src: _Source, start: int, stop: int, ch
     src.graph_inputs(0)
     graph = _background(src.graph, 0)                     # built while X is read: Qhull releases the GIL
     X = coll.read(np.arange(coll.n_obs)).X
-    if _numba_fill() is not None and X.dtype in (np.float32, np.float64):
-        t, flags = _row_sums_fast(X)                       # totals and the counts check in one compiled pass
-        if flags.any(): _check_values(X.data, path, tok.allow_normalized)
-    else: _check_values(X.data, path, tok.allow_normalized); t = _row_sums(X)
-    if tok.total_key is not None: t = src.totals(np.arange(coll.n_obs), X)
-    A = graph()
-    for s in bar:
-        e = min(s + chunk_size, stop)
-        yield np.arange(s, e), *tok._tokenize(_row_block(X, s, e), genes, t[s:e], where=path, neighbor_rows=(A[s:e], X, t),
-                                              ragged=True, dtype=np.int32)
+    t = None if tok.total_key is None else src.totals(np.arange(coll.n_obs), X)
+    for _, (a, b, ids, lens) in zip(bar, tok._neighborhood_blocks(X, genes, t, graph(), path, chunk_size)): yield np.arange(a, b), ids, lens
 
 def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_file, progress, graph=None):
     """Tokenize rows [start, stop) of one file into the Arrow file `shard_file` (one record batch per chunk); the tokenizer
