@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-# %% ../nbs/06_tokenizers.ipynb #08d32c11
-from .core import atomic_write, check_positive_int, check_choice, dist_info
+# %% ../nbs/06_tokenizers.ipynb #add7642e
+from .core import atomic_write, check_positive_int, check_choice, dist_info, thread_map, default_threads
 from .readers import H5adCollection
 
 # %% ../nbs/06_tokenizers.ipynb #83cb584a
@@ -204,10 +204,11 @@ class _MedianRefiner:
         med = _sorted_medians(g, v, G, self.base, self.cnt)
         return {gene: float(m) for gene, m in zip(self.acc.genes, med) if not np.isnan(m)}
 
-# %% ../nbs/06_tokenizers.ipynb #1ae4f5fe
-def _file_medians(path, gene_key, total_key, chunk_size, method, bins_per_decade, target_sum, allow_normalized, progress, refiner=None):
-    "A MedianAccumulator (or, given a refiner, the refiner's second pass) over one file, read in row chunks."
-    coll = H5adCollection([path], var_key=gene_key)
+# %% ../nbs/06_tokenizers.ipynb #37604679
+def _file_medians(path, gene_key, total_key, chunk_size, method, bins_per_decade, target_sum, allow_normalized, progress, refiner=None,
+                  layer=None):
+    "A MedianAccumulator (or, given a refiner, the refiner's second pass) over one file (X or `layer`), read in row chunks."
+    coll = H5adCollection([path], var_key=gene_key, layer=layer)
     acc = refiner if refiner is not None else MedianAccumulator(method, bins_per_decade=bins_per_decade, target_sum=target_sum)
     tot = _totals(coll, total_key)
     desc = f"medians{' (pass 2)' if refiner is not None else ''} {Path(path).name}"
@@ -219,11 +220,13 @@ def _file_medians(path, gene_key, total_key, chunk_size, method, bins_per_decade
     coll.close()
     return acc
 
-def _nnz(path) -> int:
-    "Stored values in X of an .h5ad file (without reading them)."
+def _nnz(path, layer: str|None=None) -> int:
+    "Stored values in X (or `layer`; 'raw/X': adata.raw) of an .h5ad file, without reading them; 0 when absent."
     import h5py
+    key = 'X' if layer is None else (layer if layer == 'raw/X' else f'layers/{layer}')
     with h5py.File(path, 'r') as f:
-        x = f['X']
+        if key not in f: return 0                  # the reader names what is missing
+        x = f[key]
         return int(x['data'].shape[0]) if isinstance(x, h5py.Group) else int(np.prod(x.shape))
 
 def _process_imap(fn, jobs, num_workers: int, initializer=None, n_jobs: int|None=None, initargs=()):
@@ -253,6 +256,7 @@ def _pool_map(fn, jobs, num_workers):
 def gene_medians(paths, # one or many .h5ad files (raw counts)
                  gene_key: str|None=None, # var column holding gene ids (None: the var index)
                  total_key: str|None=None, # obs column of cell totals (None: computed from X)
+                 layer: str|None=None, # read `layers[layer]` ('raw/X': adata.raw) instead of X, e.g. raw counts next to a normalised X
                  target_sum: float=1e4, # counts are scaled to this total
                  method: str='auto', # 'exact', 'two-pass', 'histogram' or 'auto' (exact in memory when it fits, else two-pass)
                  max_exact_values: int=20_000_000, # 'auto' keeps every value in memory up to this many nonzeros (12 bytes each)
@@ -265,15 +269,15 @@ def gene_medians(paths, # one or many .h5ad files (raw counts)
     "Per-gene nonzero median of count/total×target_sum over all cells of `paths`, streamed in row chunks."
     paths = _as_paths(paths)
     check_choice(method, 'method', ['auto', 'exact', 'two-pass', 'histogram'])
-    if method == 'auto': method = 'exact' if sum(_nnz(p) for p in paths) <= max_exact_values else 'two-pass'
+    if method == 'auto': method = 'exact' if sum(_nnz(p, layer) for p in paths) <= max_exact_values else 'two-pass'
     common = (gene_key, total_key, chunk_size, 'exact' if method == 'exact' else 'histogram', bins_per_decade,
               target_sum, allow_normalized, progress and num_workers <= 1)
     files = tqdm(paths, desc='gene medians', disable=not progress or len(paths) == 1)
-    accs = _pool_map(_file_medians, [(p, *common) for p in files], num_workers)
+    accs = _pool_map(_file_medians, [(p, *common, None, layer) for p in files], num_workers)
     acc = accs[0]
     for a in accs[1:]: acc.merge(a)
     if method == 'two-pass':
-        ref = _pool_map(_file_medians, [(p, *common, acc.refiner()) for p in paths], num_workers)
+        ref = _pool_map(_file_medians, [(p, *common, acc.refiner(), layer) for p in paths], num_workers)
         for r in ref[1:]: ref[0].merge(r)
         med = ref[0].medians()
     else: med = acc.medians()
@@ -430,7 +434,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #85cc9862
+# %% ../nbs/06_tokenizers.ipynb #938c1dd6
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 
 def _row_stats_py(data, a, b):
@@ -664,27 +668,12 @@ def _scratch(name: str, n: int, dtype, zero: bool=False) -> np.ndarray:
         a = d[name] = np.zeros(size, dtype) if zero else np.empty(size, dtype)
     return a[:n]
 
-_POOL = (None, None)          # (pid, ThreadPoolExecutor): a forked child builds its own
-def _pmap(fn, items: list, n_threads: int) -> list:
-    "fn over items on up to n_threads threads (in order); inline when one thread or one item."
-    global _POOL
-    if n_threads <= 1 or len(items) <= 1: return [fn(x) for x in items]
-    if _POOL[0] != os.getpid() or _POOL[1]._max_workers < n_threads:
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = (os.getpid(), ThreadPoolExecutor(n_threads, thread_name_prefix='spatial_dl_tok'))
-    return list(_POOL[1].map(fn, items))
-
-def _cpu_count() -> int:
-    try: return len(os.sched_getaffinity(0))
-    except AttributeError: return os.cpu_count() or 1
+_pmap = thread_map              # threads of one per-process pool (spatial_dl.core)
 
 _IN_WORKER = False            # set in tokenize_h5ad's worker processes
 def _default_threads() -> int:
     "Threads for one block: the available cores (at most 8), 1 inside a DataLoader worker or a tokenize_h5ad worker."
-    if _IN_WORKER: return 1
-    tud = __import__('sys').modules.get('torch.utils.data')
-    if tud is not None and tud.get_worker_info() is not None: return 1
-    return max(1, min(8, _cpu_count()))
+    return 1 if _IN_WORKER else default_threads(8)
 
 def _splits(n: int, k: int) -> list:
     "k contiguous (lo, hi) ranges covering 0..n."
@@ -745,7 +734,7 @@ class _ColumnMap:
     def matches(self, gene_ids) -> bool:
         return len(gene_ids) == len(self.genes) and bool((np.asarray(gene_ids).astype(str) == self.genes).all())
 
-# %% ../nbs/06_tokenizers.ipynb #6e8ded44
+# %% ../nbs/06_tokenizers.ipynb #2bb2f696
 def _as_token_dict(td) -> TokenDictionary:
     if isinstance(td, TokenDictionary): return td
     if isinstance(td, (str, os.PathLike)): return TokenDictionary.load(td)
@@ -768,6 +757,7 @@ class RankValueTokenizer:
                  target_sum: float=1e4, # counts scaled to this total
                  gene_key: str|None=None, # var column with gene ids (None: var index)
                  total_key: str|None=None, # obs column with cell totals (None: computed from X)
+                 layer: str|None=None, # files are read from `layers[layer]` ('raw/X': adata.raw) instead of X (tokenize_files, tokenize_h5ad)
                  neighbors: str='delaunay', # graph when obsp has none: 'delaunay', 'knn' or 'radius'
                  n_neighbors: int=6, # k for 'knn'
                  radius: float|None=None, # distance for 'radius'
@@ -794,12 +784,16 @@ class RankValueTokenizer:
             if model_input_size < need:
                 raise TokenizerError(f"model_input_size={model_input_size} leaves no room for genes inside "
                                      f"<cls> … <eos> framing (need at least {need})")
-        self.target_sum, self.gene_key, self.total_key = float(target_sum), gene_key, total_key
+        self.target_sum, self.gene_key, self.total_key, self.layer = float(target_sum), gene_key, total_key, layer
         self.n_neighbors, self.radius, self.graph_key, self.coord_key = n_neighbors, radius, graph_key, coord_key
         self.allow_normalized = allow_normalized
         if mode == 'neighborhood': import scipy.spatial        # needed for the graphs: imported now, not at the first block
         self._cmap = self._cmap_src = None
         self.stats = dict(cells=0, zero_cells=0, unknown_genes=0, isolated_spots=0, tokens=0)
+
+    def open(self, path) -> H5adCollection:
+        "A one-file collection of `path` as this tokenizer reads it: gene ids from `gene_key`, counts from X or `layer`."
+        return H5adCollection([path], var_key=self.gene_key, layer=self.layer)
 
     def __repr__(self):
         return (f"RankValueTokenizer(mode={self.mode!r}, model_input_size={self.model_input_size}, special_tokens={self.special_tokens}, "
@@ -1425,7 +1419,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #1f43639d
+# %% ../nbs/06_tokenizers.ipynb #627e399b
 def tokenize_files(self: RankValueTokenizer,
                    paths, # one or many .h5ad files of raw counts (a file is one sample: neighbourhoods stay within it)
                    dtype=np.int32, # of the returned ids
@@ -1433,7 +1427,7 @@ def tokenize_files(self: RankValueTokenizer,
     "Token ids of every cell of `paths`, in file order, each file read whole with spatial_dl's reader; empty arrays for zero-count cells."
     out = []
     for path in _as_paths(paths):
-        coll = H5adCollection([path], var_key=self.gene_key)
+        coll = self.open(path)
         try:
             src, graph = _Source(self, coll), None
             if self.mode == 'neighborhood':       # built while X is read: Qhull releases the GIL
@@ -1447,7 +1441,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #443e4602
+# %% ../nbs/06_tokenizers.ipynb #1cc01753
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1560,24 +1554,43 @@ def _job_chunks(tok: RankValueTokenizer, src: _Source, start: int, stop: int, ch
     t = None if tok.total_key is None else src.totals(np.arange(coll.n_obs), X)
     for _, (a, b, ids, lens) in zip(bar, tok._neighborhood_blocks(X, genes, t, graph(), path, chunk_size)): yield np.arange(a, b), ids, lens
 
-def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_file, progress, graph=None):
+def _passing(coll: H5adCollection, key: str) -> np.ndarray:
+    "Cells whose obs column `key` is 1/True (numbers, booleans, or labels '1'/'True'); missing values do not pass."
+    v, cats = coll.obs_column(key), coll.obs_categories(key)
+    if cats is not None:
+        ok = np.array([str(c).strip().lower() in ('1', '1.0', 'true') for c in cats] + [False])
+        return ok[np.where(v >= 0, v, len(cats))]
+    return np.asarray(v, np.float64) == 1
+
+def _drop_rows(rows, ids, lens, keep):
+    "A tokenized chunk without the rows where `keep` is False (ids padded n × w, or flat cell after cell)."
+    if keep.all(): return rows, ids, lens
+    ids = ids[np.repeat(keep, lens)] if ids.ndim == 1 else ids[keep]
+    return rows[keep], ids, lens[keep]
+
+def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk_size, shard_file, progress, graph=None, filter_key=None):
     """Tokenize rows [start, stop) of one file into the Arrow file `shard_file` (one record batch per chunk); the tokenizer
-    stats and the lengths written. `graph`: the file's neighbour graph when already built (else built here if needed)."""
+    stats and the lengths written. `graph`: the file's neighbour graph when already built (else built here if needed);
+    `filter_key`: only cells where this obs column is 1/True are written (all cells are still neighbours)."""
     import pyarrow as pa
     if tok is None: tok = _WORKER_TOK
     tok.stats, tok._cmap, tok._cmap_src, tok._ccols = dict.fromkeys(tok.stats, 0), None, None, None   # unknown genes: once per job
-    coll = H5adCollection([path], var_key=tok.gene_key)
+    coll = tok.open(path)
     lengths = []
     try:
         src = _Source(tok, coll)
         if graph is not None: src._graphs[0] = graph
         obs, schema = {k: _obs_values(coll, k) for k in obs_keys}, _arrow_schema(obs_types)
+        passing, filtered = (None if filter_key is None else _passing(coll, filter_key)), 0
         with pa.OSFile(str(shard_file), 'wb') as sink, pa.ipc.new_stream(sink, schema) as w:
             for rows, ids, lens in _job_chunks(tok, src, start, stop, chunk_size, progress):
+                if passing is not None:
+                    keep = passing[rows]; filtered += int((~keep & (lens > 0)).sum())
+                    rows, ids, lens = _drop_rows(rows, ids, lens, keep)
                 b, kept = _record_batch(schema, file_index, rows, ids, lens, obs, obs_types)
                 w.write_batch(b); lengths.append(kept)
     finally: coll.close()
-    return dict(tok.stats), np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+    return dict(tok.stats, filtered_out=filtered), np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
 
 
 _WORKER_TOK = None
@@ -1591,6 +1604,7 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
                   out_dir: str|Path, # the dataset folder to create (`datasets.load_from_disk(out_dir)`)
                   tokenizer: RankValueTokenizer, # what to produce
                   obs_keys=(), # obs columns copied into the dataset (e.g. 'cell_type', 'sample')
+                  filter_key: str|None='filter_pass', # obs column: only cells where it is 1/True are written (Geneformer's rule); used where present
                   chunk_size: int=2048, # rows read and tokenized at a time
                   rows_per_job: int=100_000, # rows per parallel job
                   num_workers: int=1, # processes
@@ -1605,9 +1619,12 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
     if bad: raise TokenizerError(f"obs_keys: {sorted(bad)} clash with the dataset's own columns")
     if out_dir.exists() and not overwrite: raise FileExistsError(f"{out_dir} already exists (pass overwrite=True to replace it)")
     check_positive_int(chunk_size, 'chunk_size'); check_positive_int(rows_per_job, 'rows_per_job'); check_positive_int(num_workers, 'num_workers')
-    obs_types, jobs, n_in = {}, [], 0
+    obs_types, jobs, n_in, fkeys = {}, [], 0, {}
     for i, p in enumerate(paths):                      # validate every file before any work
-        coll = H5adCollection([p], var_key=tokenizer.gene_key)
+        coll = tokenizer.open(p)
+        if filter_key is not None and filter_key in coll._infos[0].obs_columns: fkeys[i] = filter_key
+        elif filter_key not in (None, 'filter_pass'):
+            raise KeyError(f"{p}: filter_key {filter_key!r} not in obs (available columns: {sorted(coll._infos[0].obs_columns)})")
         for k in obs_keys:
             try: v = coll.obs_column(k)
             except KeyError as e: raise KeyError(f"obs_keys: {e.args[0]}") from None
@@ -1635,11 +1652,11 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
             for f, (p, i, s, e) in zip(names, jobs):
                 if i not in split or tokenizer.mode != 'neighborhood': A = None
                 elif s == 0:
-                    coll = H5adCollection([p], var_key=tokenizer.gene_key)
+                    coll = tokenizer.open(p)
                     try: A = _Source(tokenizer, coll).graph(0)
                     finally: coll.close()
                 yield (tokenizer if workers is None else None, p, i, s, e, obs_keys, obs_types, chunk_size, final / f,
-                       progress and workers is None, A)
+                       progress and workers is None, A, fkeys.get(i))
 
         bar = tqdm(total=len(jobs), desc='tokenize jobs', disable=not progress or len(jobs) == 1)
         res = []
@@ -1656,6 +1673,7 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
         total = {k: sum(s[k] for s in stats) for k in stats[0]}
         total['unknown_genes'] = sum(s['unknown_genes'] for s, j in zip(stats, jobs) if j[2] == 0)  # once per file
         summary = dict(files=paths, cells_in=n_in, cells_written=len(lengths), zero_cells_dropped=total['zero_cells'],
+                       filter_key=filter_key if fkeys else None, filtered_out=total['filtered_out'],
                        unknown_gene_columns=total['unknown_genes'],
                        isolated_spots=total['isolated_spots'], tokens=int(lengths.sum(dtype=np.int64)), mode=tokenizer.mode,
                        model_input_size=tokenizer.model_input_size, special_tokens=tokenizer.special_tokens,
@@ -1676,7 +1694,7 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #295c050f
+# %% ../nbs/06_tokenizers.ipynb #6004b7c5
 class _OnArrival:
     "A batch entry built only where it is unpickled: `fn(*args)` (sent from a loader worker to the main process)."
     def __init__(self, fn, args): self.fn, self.args = fn, args
@@ -1728,6 +1746,9 @@ class TokenizeTransform:
         if tokenizer.gene_key != getattr(reader, 'var_key', tokenizer.gene_key):
             raise TokenizerError(f"reader: var_key={reader.var_key!r} but the tokenizer's gene_key={tokenizer.gene_key!r}; "
                                  f"build the H5adCollection with var_key={tokenizer.gene_key!r}")
+        if tokenizer.layer is not None and tokenizer.layer != getattr(reader, 'layer', tokenizer.layer):
+            raise TokenizerError(f"reader: layer={reader.layer!r} but the tokenizer's layer={tokenizer.layer!r}; "
+                                 f"build the dataset with layer={tokenizer.layer!r}")
         self._src = None
 
     def __call__(self, batch: dict) -> dict:
@@ -1852,7 +1873,7 @@ class BinnedTransform:
                      length=torch.from_numpy(lens))
         return batch
 
-# %% ../nbs/06_tokenizers.ipynb #b613c548
+# %% ../nbs/06_tokenizers.ipynb #de26f2ae
 def _expand_inputs(items) -> list[str]:
     out = []
     for it in items:
@@ -1879,6 +1900,9 @@ def tokenize_main(argv: list[str]|None=None) -> int:
     p.add_argument('--stformer-compat', action='store_true', help="reproduce stFormer's SpatialTokenizer token for token")
     p.add_argument('--gene-key', help='var column with gene ids (default: var index)')
     p.add_argument('--total-key', help='obs column with cell totals (default: computed)')
+    p.add_argument('--layer', help="read counts from this layer ('raw/X': adata.raw) instead of X")
+    p.add_argument('--filter-key', default='filter_pass', help="obs column: only cells where it is 1/True are written (as Geneformer; "
+                   "used where present; '' to write every cell)")
     p.add_argument('--obs-keys', nargs='*', default=[], help='obs columns copied into the dataset')
     p.add_argument('--neighbors', default='delaunay', choices=['delaunay', 'knn', 'radius'])
     p.add_argument('--n-neighbors', type=int, default=6); p.add_argument('--radius', type=float)
@@ -1891,19 +1915,20 @@ def tokenize_main(argv: list[str]|None=None) -> int:
         inputs, out = _expand_inputs(a.inputs), Path(a.out)
         if out.exists() and not a.overwrite: raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
         med = load_gene_medians(a.medians) if a.medians else gene_medians(
-            inputs, gene_key=a.gene_key, total_key=a.total_key, method=a.median_method, num_workers=a.num_workers,
+            inputs, gene_key=a.gene_key, total_key=a.total_key, layer=a.layer, method=a.median_method, num_workers=a.num_workers,
             allow_normalized=a.allow_normalized, progress=not a.quiet)
         td = TokenDictionary.load(a.token_dict) if a.token_dict else TokenDictionary.build(sorted(med), a.special_tokens, a.special_tokens)
         tok = RankValueTokenizer(td, med, a.input_size, a.mode, a.special_tokens, a.stformer_compat, gene_key=a.gene_key,
-                                 total_key=a.total_key, neighbors=a.neighbors, n_neighbors=a.n_neighbors, radius=a.radius,
+                                 total_key=a.total_key, layer=a.layer, neighbors=a.neighbors, n_neighbors=a.n_neighbors, radius=a.radius,
                                  allow_normalized=a.allow_normalized)
-        s = tokenize_h5ad(inputs, out, tok, obs_keys=a.obs_keys, chunk_size=a.chunk_size, num_workers=a.num_workers,
+        s = tokenize_h5ad(inputs, out, tok, obs_keys=a.obs_keys, filter_key=a.filter_key or None, chunk_size=a.chunk_size, num_workers=a.num_workers,
                           overwrite=a.overwrite, progress=not a.quiet)
         save_gene_medians(med, out / 'gene_medians.pkl'); td.save(out / 'token_dictionary.pkl')
     except (TokenizerError, KeyError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"spatial-dl tokenize: error: {e.args[0] if e.args else e}", file=__import__('sys').stderr)
         return 2
     print(f"tokenized {s['cells_written']:,} of {s['cells_in']:,} cells from {len(inputs)} file(s) into {out} "
-          f"({s['tokens']:,} tokens, {s['seconds']:.1f} s); dropped {s['zero_cells_dropped']} zero-count cells; "
+          f"({s['tokens']:,} tokens, {s['seconds']:.1f} s); dropped {s['zero_cells_dropped']} zero-count cells"
+          + (f" and {s['filtered_out']} cells where {s['filter_key']} is not 1" if s['filtered_out'] else '') + "; "
           f"{s['unknown_gene_columns']} gene columns not in the dictionary")
     return 0

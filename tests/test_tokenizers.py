@@ -523,6 +523,72 @@ def test_cli_end_to_end(tmp_path, slides):
     assert tokenize_main([str(tmp_path / 'missing.h5ad'), '--out', str(tmp_path / 'x'), '--quiet']) == 2
 
 
+def _normalised_copy(src, dest, raw=False, filter_pass=None):
+    "The slide with log-normalised X and its counts in layers['counts'] (or in adata.raw); optionally a filter_pass column."
+    a = ad.read_h5ad(src)
+    counts = a.X.copy()
+    if raw: a.raw = a.copy()
+    else: a.layers['counts'] = counts
+    X = counts.multiply(1e4 / np.maximum(counts.sum(1), 1)).tocsr(); X.data = np.log1p(X.data); a.X = X.astype(np.float32)
+    if filter_pass is not None: a.obs['filter_pass'] = filter_pass
+    a.write_h5ad(dest)
+    return dest
+
+
+@pytest.mark.parametrize('layer', ['counts', 'raw/X'])
+def test_counts_from_a_layer_or_adata_raw(tmp_path, slides, vocab, layer):
+    "X normalised, counts in a layer or adata.raw: medians, tokenize_files, tokenize_h5ad and the CLI read the counts."
+    from datasets import load_from_disk
+    td, med = vocab
+    p = _normalised_copy(slides[0], tmp_path / 'norm.h5ad', raw=layer == 'raw/X')
+    assert gene_medians([p], layer=layer, progress=False) == gene_medians(slides[:1], progress=False)
+    with pytest.raises(TokenizerError, match='norm.h5ad: X holds non-integer values'): gene_medians([p], progress=False)
+    for mode in ('spot', 'neighborhood'):
+        ref = RankValueTokenizer(td, med, 30, mode=mode).tokenize_files(slides[:1])
+        tok = RankValueTokenizer(td, med, 30, mode=mode, layer=layer)
+        assert [r.tolist() for r in tok.tokenize_files([p])] == [r.tolist() for r in ref]
+        tokenize_h5ad([p], tmp_path / mode, tok, chunk_size=50, progress=False)
+        assert load_from_disk(str(tmp_path / mode))['input_ids'] == [r.tolist() for r in ref if len(r)]
+    assert tokenize_main([str(p), '--out', str(tmp_path / 'cli'), '--layer', layer, '--input-size', '30', '--quiet']) == 0
+    assert len(load_from_disk(str(tmp_path / 'cli'))) == 144
+    with pytest.raises(KeyError, match="norm.h5ad: layer 'spliced' not found"):
+        tokenize_h5ad([p], tmp_path / 'bad', RankValueTokenizer(td, med, 30, layer='spliced'), progress=False)
+
+
+def test_on_the_fly_layer_must_match_the_dataset(slides, vocab):
+    td, med = vocab
+    with pytest.raises(TokenizerError, match="reader: layer=None but the tokenizer's layer='counts'"):
+        TokenizeTransform(RankValueTokenizer(td, med, 30, layer='counts'), H5adCollection(slides))
+
+
+@pytest.mark.parametrize('num_workers', [1, 2])
+def test_filter_pass_keeps_only_passing_cells(tmp_path, slides, vocab, num_workers):
+    "As Geneformer: with an obs 'filter_pass' column only cells where it is 1 are written (all still count as neighbours)."
+    from datasets import load_from_disk
+    td, med = vocab
+    rng = np.random.default_rng(0)
+    fp = [rng.integers(0, 2, 144), rng.integers(0, 2, 144).astype(bool)]          # ints in one file, booleans in the other
+    a = [ad.read_h5ad(s) for s in slides]
+    for x, f in zip(a, fp): x.obs['filter_pass'] = f
+    paths = [tmp_path / 's0.h5ad', tmp_path / 's1.h5ad']
+    for x, q in zip(a, paths): x.write_h5ad(q)
+    tok = RankValueTokenizer(td, med, 30, mode='neighborhood')
+    ref = tok.tokenize_files(slides)
+    s = tokenize_h5ad(paths, tmp_path / 'ds', tok, chunk_size=50, rows_per_job=100, num_workers=num_workers, progress=False)
+    ds = load_from_disk(str(tmp_path / 'ds'))
+    keep = np.concatenate([np.asarray(f) == 1 for f in fp]) & np.array([len(r) > 0 for r in ref])
+    assert ds['input_ids'] == [r.tolist() for r, k in zip(ref, keep) if k]
+    assert ds['source_row'] == [i % 144 for i in np.flatnonzero(keep)]
+    assert s['filtered_out'] == int((~np.concatenate([np.asarray(f) == 1 for f in fp]) & np.array([len(r) > 0 for r in ref])).sum()) > 0
+    assert s['filter_key'] == 'filter_pass' and s['cells_written'] == int(keep.sum())
+    everyone = tokenize_h5ad(paths, tmp_path / 'all', tok, filter_key=None, progress=False)
+    assert everyone['filtered_out'] == 0 and everyone['cells_written'] == sum(len(r) > 0 for r in ref)
+    with pytest.raises(KeyError, match="s0.h5ad: filter_key 'qc_pass' not in obs"):
+        tokenize_h5ad(paths, tmp_path / 'x', tok, filter_key='qc_pass', progress=False)
+    plain = tokenize_h5ad(slides, tmp_path / 'plain', tok, progress=False)       # no such column: every cell, nothing said
+    assert plain['filter_key'] is None and plain['filtered_out'] == 0
+
+
 # ------------------------------------------------------------------------------------------------ binned
 @settings(max_examples=40, deadline=None)
 @given(vals=st.lists(st.integers(1, 6), min_size=1, max_size=30), n_bins=st.integers(3, 12))
