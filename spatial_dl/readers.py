@@ -221,7 +221,7 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int):
         if got <= 0: raise OSError(f"short read at byte {offset + done} (file truncated?)")
         done += got
 
-# %% ../nbs/03_readers.ipynb #e61d7fec
+# %% ../nbs/03_readers.ipynb #f6da7e2a
 def _find_libdeflate():
     "(alloc_decompressor, zlib_decompress) of libdeflate through ctypes, from the `deflate` wheel or the system, or None."
     import ctypes.util, glob
@@ -262,15 +262,15 @@ def _inflate(raw: np.ndarray, # a zlib stream (uint8)
     if not _LIBDEFLATE:
         try: out = np.frombuffer(zlib.decompress(raw, bufsize=max(nbytes, 1)), np.uint8)
         except zlib.error as e: raise ReaderError(f"{where}: does not decompress ({e})") from None
-        got, rc = len(out), 0
+        got = len(out)
     else:
         alloc, dec = _LIBDEFLATE
         d = _ZLOCAL.__dict__
         if 'dec' not in d: d['dec'], d['got'] = alloc(), ctypes.c_size_t()
         out = _zbuf('out', nbytes)
         rc = dec(d['dec'], raw.ctypes.data, len(raw), out.ctypes.data, nbytes, ctypes.byref(d['got']))
-        got = d['got'].value if rc == 0 else -1
         if rc != 0: raise ReaderError(f"{where}: does not decompress (libdeflate error {rc}: corrupt or truncated data)")
+        got = d['got'].value
     if got != nbytes: raise ReaderError(f"{where}: decompresses to {got} bytes, expected {nbytes}")
     return out
 

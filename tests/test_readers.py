@@ -291,3 +291,14 @@ def test_files_with_the_same_genes_share_one_gene_array(files):
     assert len(pickle.dumps(many)) < 40 * len(pickle.dumps(one))        # 120 files; per-file arrays would be ~120x
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(many)).read([5, 40, 3000]).X.toarray(),
                                   np.vstack([_dense(ads['c']), _dense(ads['a']), _dense(ads['c'])] * 40)[[5, 40, 3000]])
+
+
+def test_a_file_removed_after_opening_is_named(tmp_path, files):
+    "A file deleted between building the collection and its first read: ReaderError naming it (not a bare OSError)."
+    import shutil
+    d, ads, paths = files
+    p = tmp_path / 'gone.h5ad'; shutil.copy(paths['c'], p)
+    c = H5adCollection([paths['a'], p])
+    p.unlink()
+    np.testing.assert_array_equal(c.read([0, 1]).X.toarray(), _dense(ads['a'])[[0, 1]])   # the other file still reads
+    with pytest.raises(ReaderError, match=r"gone\.h5ad: cannot be opened \(No such file"): c.read([61])
