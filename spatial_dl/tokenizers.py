@@ -434,7 +434,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #938c1dd6
+# %% ../nbs/06_tokenizers.ipynb #6421aa18
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 
 def _row_stats_py(data, a, b):
@@ -479,6 +479,18 @@ def _row_keys_py(indices, data, a, b, sc, tok_of, inv_of, buf, o, tb, hi):
             buf[o + k] = hi | ((_QMAX - (_f64_bits(v) >> 21)) << tb) | tk; k += 1
     return k
 
+def _row_keys_all_py(indices, data, a, b, sc, tok_of, inv_of, buf, o, tb, hi):
+    """`_row_keys_py` for a row whose columns are all known genes: a key for every entry (branch-free, so the loop
+    vectorises); the number of positive values (fewer than b - a: some key is not a token's, and the caller redoes the row)."""
+    k = 0
+    for p in range(a, b):
+        c = indices[p]
+        v = data[p] * sc
+        v = v * inv_of[c]
+        buf[o + p - a] = hi | ((_QMAX - (_f64_bits(v) >> 21)) << tb) | tok_of[c]
+        k += v > 0
+    return k
+
 def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, target_sum, r0, r1, cnt, dest, dstart, d0,
                    kept, t_out, ok, flags, tb, rmask, cap, longbuf, lstart):
     """`_scan_py` and `_keys_into_py` in one pass per row (its values still in cache), for blocks whose columns are all known
@@ -494,8 +506,8 @@ def _keys_fused_py(indptr, indices, data, totals, has_totals, tok_of, inv_of, ta
         elif fr != 0: flags[2] += 1
         k = 0
         if (npos if sc > 0 else 0) != cnt[i]: ok[i] = False
-        elif cnt[i] > cap: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, longbuf, lstart[i], tb, 0)
-        elif cnt[i] > 0: k = _row_keys(indices, data, a, b, sc, tok_of, inv_of, dest, dstart[i] - d0, tb, ((i - r0) & rmask) << (tb + 42))
+        elif cnt[i] > cap: k = _row_keys_all(indices, data, a, b, sc, tok_of, inv_of, longbuf, lstart[i], tb, 0)
+        elif cnt[i] > 0: k = _row_keys_all(indices, data, a, b, sc, tok_of, inv_of, dest, dstart[i] - d0, tb, ((i - r0) & rmask) << (tb + 42))
         kept[i] = k
 
 def _keys_into_py(indptr, indices, data, sc, tok_of, inv_of, r0, r1, cnt, dest, dstart, d0, kept, tb, rmask, cap, longbuf, lstart):
@@ -589,7 +601,7 @@ def _row_sums_py(indptr, data, out, flags):
     flags[0] += nonfin; flags[1] += neg; flags[2] += frac
 
 _row_stats = _row_stats_py   # compiled (with reassociated sums) together with the kernels
-_row_keys, _ids_part_py = _row_keys_py, _ids_part     # compiled together with the kernels
+_row_keys, _row_keys_all, _ids_part_py = _row_keys_py, _row_keys_all_py, _ids_part     # compiled together with the kernels
 
 def _f64_bits(x):
     "The bits of float64 x as an int64 (replaced by a numba bit-cast intrinsic before the kernels compile)."
@@ -620,7 +632,7 @@ def _numba_fill():
                 jit = lambda f: numba.njit(nogil=True, cache=cache)(f)
                 globals()['_f64_bits'] = _bitcast_intrinsic()
                 globals()['_row_stats'] = numba.njit(nogil=True, cache=cache, fastmath={'reassoc'})(_row_stats_py)  # sums only
-                globals()['_row_keys'], globals()['_ids_part'] = jit(_row_keys_py), jit(_ids_part_py)
+                globals()['_row_keys'], globals()['_row_keys_all'], globals()['_ids_part'] = jit(_row_keys_py), jit(_row_keys_all_py), jit(_ids_part_py)
                 _NUMBA = types.SimpleNamespace(scan=jit(_scan_py), keys_fused=jit(_keys_fused_py), keys_into=jit(_keys_into_py), keys_nb=jit(_keys_nb_py),
                                                finish=jit(_finish_py), row_sums=jit(_row_sums_py),
                                                mask=jit(_mask_py), expand=jit(_expand_py))
@@ -839,12 +851,13 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #1fd9b679
+# %% ../nbs/06_tokenizers.ipynb #61fa269f
 def _as_csr(X) -> sp.csr_matrix:
     "X as CSR without copying when it already is (re-wrapping a CSR whose arrays are views makes scipy copy them)."
     return X if isinstance(X, (sp.csr_matrix, getattr(sp, 'csr_array', sp.csr_matrix))) else sp.csr_matrix(X)
 
-_SLAB = 16            # rows keyed, sorted and finished together (their keys stay in cache)
+_SLAB = 64            # rows keyed, sorted and finished together (their keys stay in cache; fewer, larger calls per block)
+_ROW_BITS = 6         # at most 64 rows share one sort (their place in the slab in the keys' top bits)
 _NO_CAP = np.iinfo(np.int64).max
 
 def _balanced(weights: np.ndarray, k: int) -> list:
@@ -873,11 +886,14 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
     L = self.model_input_size
     cap = L - 2 if (self.special_tokens and self.mode == 'spot') else (L - 1 if self.special_tokens else L)
     s1 = 1 if self.special_tokens else 0
-    # keys: [row in slab: 4 bits][2**42-1 - value_key: 42 bits][token id: tb bits]. With the row on top, one sort orders
-    # a whole slab (16 rows) row by row: no Python call per row, GIL free; vocabularies over 2**17 tokens: a sort per row
+    # keys: [row in group: rb bits][2**42-1 - value_key: 42 bits][token id: tb bits]. With the row on top, one sort orders
+    # a group of 2**rb rows row by row (64 rows for vocabularies up to 2**15 tokens, 16 up to 2**17): no Python call per
+    # row, GIL free; vocabularies over 2**20 tokens: a sort per row
     tb = max(int(cm.tok.max(initial=1)).bit_length(), 1)
-    rmask = _SLAB - 1 if tb + 42 + (_SLAB - 1).bit_length() <= 63 else 0
+    rb = min(_ROW_BITS, 63 - 42 - tb)
+    rmask = (1 << rb) - 1 if rb > 0 else 0
     if not rmask: tb = _TOK_BITS
+    grp = rmask + 1
     mask = (1 << tb) - 1
 
     def scan(A, tot, has_tot, flags):
@@ -975,15 +991,17 @@ def _tokenize_fast(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, t
                 K.keys_into(ip1, N.indices, ndata, sc1, tok, inv, a, b, cnt1, k1, S1, d1, kept1, tb, rmask, _NO_CAP, none, none)
             elif nbrs is not None: d1, k1 = 0, nkeys
             else: d1, k1 = 0, none
-            # numpy's SIMD sort of int64 keys (GIL released): a slab at once, or row by row
-            if rm0: k0.sort()
+            # numpy's SIMD sort of int64 keys (GIL released): a group of rows at once, or row by row
+            if rm0:
+                for g in range(a, b, grp): k0[s0l[g] - d0:s0l[min(g + grp, b)] - d0].sort()
             else:
                 for i in range(a, b):
                     c = c0[i]
                     if c > 1:
                         if c > cap0: o = l0l[i]; long0[o:o + c].sort()
                         else: o = s0l[i] - d0; k0[o:o + c].sort()
-            if rmask and N is not None: k1.sort()
+            if rmask and N is not None:
+                for g in range(a, b, grp): k1[s1l[g] - d1:s1l[min(g + grp, b)] - d1].sort()
             elif not rmask or nbrs is not None:
                 for i in range(a, b):
                     if c1[i] > 1: o = s1l[i] - d1; k1[o:o + c1[i]].sort()
