@@ -133,7 +133,7 @@ def numba_jit(fn, # a function numba can compile in nopython mode
         except ImportError: _JITTED[fn] = None
     return _JITTED[fn]
 
-# %% ../nbs/00_core.ipynb #f6c8df5d
+# %% ../nbs/00_core.ipynb #23b7f020
 def cpu_count() -> int:
     "Cores this process may run on (its CPU affinity), at least 1."
     try: return max(1, len(os.sched_getaffinity(0)))
@@ -147,16 +147,20 @@ def default_threads(limit: int=8, # never more than this many
     return max(1, min(limit, cpu_count()))
 
 _THREAD_POOL = (None, None)        # (pid, ThreadPoolExecutor)
+_IN_POOL = __import__('threading').local()
+def _mark_pool_thread(): _IN_POOL.yes = True
+
 def thread_map(fn, # called on every item
                items: list, # the work
                n_threads: int, # at most this many threads
               ) -> list:
-    "`[fn(x) for x in items]` on up to `n_threads` threads of a per-process pool (inline for one thread or one item)."
+    "`[fn(x) for x in items]` on up to `n_threads` threads of a per-process pool (inline for one thread, one item, or inside a pool thread)."
     global _THREAD_POOL
-    if n_threads <= 1 or len(items) <= 1: return [fn(x) for x in items]
+    # a call from one of the pool's own threads runs inline: waiting there for the pool could wait forever
+    if n_threads <= 1 or len(items) <= 1 or getattr(_IN_POOL, 'yes', False): return [fn(x) for x in items]
     pid, pool = _THREAD_POOL
     if pid != os.getpid() or pool._max_workers < n_threads:
         from concurrent.futures import ThreadPoolExecutor
-        pool = ThreadPoolExecutor(n_threads, thread_name_prefix='spatial_dl')
+        pool = ThreadPoolExecutor(n_threads, thread_name_prefix='spatial_dl', initializer=_mark_pool_thread)
         _THREAD_POOL = (os.getpid(), pool)
     return list(pool.map(fn, items))
