@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import IterableDataset, DataLoader
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
-# %% ../nbs/04_loaders.ipynb #447a4ce9
-from .core import DistInfo, rank_and_world, dist_info, check_positive_int, check_choice
+# %% ../nbs/04_loaders.ipynb #49d7536d
+from .core import DistInfo, rank_and_world, dist_info, check_positive_int, check_choice, numba_jit
 from .shuffle import (ShuffleStrategy, SequentialShuffleStrategy, BlockShuffleStrategy, RandomShuffleStrategy,
                                 FetchPlan, as_indices)
 from .readers import H5adCollection, BufferPool, _Compiled
@@ -45,17 +45,53 @@ def make_strategy(strategy: str|ShuffleStrategy='block', # 'block', 'random', 's
     if block_size is not None: raise ValueError(f"block_size applies to strategy='block' only, got strategy={strategy!r}")
     return _STRATEGIES[strategy](**kw)
 
-# %% ../nbs/04_loaders.ipynb #54a35d7b
+# %% ../nbs/04_loaders.ipynb #c33f2a55
 try: from scipy.sparse._sparsetools import csr_todense as _csr_todense   # the compiled scatter behind toarray()
 except ImportError: _csr_todense = None
+
+def _densify_rows_py(indptr, indices, data, out):
+    "Row i of `out` = row i of the CSR (indptr, indices, data): zeroed, then its values added (repeats summed); stored entries with a column outside `out`: counted, skipped."
+    g, bad = out.shape[1], 0
+    for i in range(out.shape[0]):
+        row = out[i]
+        row[:] = 0
+        for k in range(indptr[i], indptr[i + 1]):
+            c = indices[k]
+            if c >= 0 and c < g: row[c] += data[k]
+            else: bad += 1
+    return bad
+
+class _DenseKernel:
+    "The compiled densify loop: loaded once a process has densified `after` batches (None: not yet; False: unavailable)."
+    fn, calls, after, lock = None, 0, 32, threading.Lock()
+
+def _dense_kernel():
+    k = _DenseKernel
+    if k.fn is not None: return k.fn or None
+    k.calls += 1
+    if k.calls <= k.after or not k.lock.acquire(blocking=False): return None   # another thread is loading it: scipy meanwhile
+    try:
+        if k.fn is None:
+            f = numba_jit(_densify_rows_py)
+            if f is not None:        # compile (or load from numba's cache) the usual signature now
+                f(np.zeros(2, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros((1, 1), np.float32))
+            k.fn = f if f is not None else False
+    finally: k.lock.release()
+    return k.fn or None
 
 def csr_to_dense(X: sp.csr_matrix, # rows to densify
                  pool: BufferPool|None=None, # reuse buffers from this pool (a fresh tensor when None)
                 ) -> torch.Tensor:
     "Dense float32 tensor of a CSR matrix (scatter into a zeroed buffer; duplicate entries are summed)."
     n, g = X.shape
-    out = np.zeros((n, g), np.float32) if pool is None else pool.array((n, g), np.float32)
     data = X.data if X.data.dtype == np.float32 else X.data.astype(np.float32)
+    kern = _dense_kernel()
+    if kern is not None:
+        out = np.empty((n, g), np.float32) if pool is None else pool.array((n, g), np.float32)
+        if kern(X.indptr, X.indices, data, out):
+            raise ValueError(f"csr_to_dense: column indices outside [0, {g}) in the CSR matrix")
+        return torch.from_numpy(out)
+    out = np.zeros((n, g), np.float32) if pool is None else pool.array((n, g), np.float32)
     if _csr_todense is None or X.indptr.dtype != X.indices.dtype:
         if pool is not None: out[:] = 0
         if X.nnz: X.toarray(out=out)
@@ -75,7 +111,7 @@ def csr_to_torch(X: sp.csr_matrix) -> torch.Tensor:
     return torch.sparse_csr_tensor(torch.from_numpy(ip), torch.from_numpy(ix),
                                    torch.from_numpy(np.asarray(X.data, np.float32)), size=X.shape, check_invariants=False)
 
-# %% ../nbs/04_loaders.ipynb #0aba5ca5
+# %% ../nbs/04_loaders.ipynb #ca08a5c8
 def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
     "Rows `[a, b)` of `X` as a CSR matrix sharing `X`'s data and indices (no copy)."
     ip = X.indptr[a:b + 1]
@@ -86,7 +122,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #4495e013
+# %% ../nbs/04_loaders.ipynb #1b079f32
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -208,7 +244,7 @@ class AnnDataset(IterableDataset):
             cache[key] = p
         return p
 
-# %% ../nbs/04_loaders.ipynb #86a166a5
+# %% ../nbs/04_loaders.ipynb #650a93ee
 def _load_fetch(self: AnnDataset, rows: np.ndarray, blk=None) -> list[dict]:
     "Read one fetch (unless `blk` holds it already) and cut it into raw mini-batches (numpy/scipy, `before_dense` applied)."
     if blk is None: blk = self.reader.read(rows)
@@ -250,7 +286,7 @@ def _finish(self: AnnDataset, batch: dict) -> dict:
 
 AnnDataset._load_fetch, AnnDataset._densify, AnnDataset._after, AnnDataset._finish = _load_fetch, _densify, _after, _finish
 
-# %% ../nbs/04_loaders.ipynb #e2e984e6
+# %% ../nbs/04_loaders.ipynb #285de813
 _END, _DONE = object(), object()
 
 class _Failure:
@@ -353,7 +389,7 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2,
             yield b
     finally: stop.set()        # threads finishing their last item stay in _LIVE (joined at exit) until they end
 
-# %% ../nbs/04_loaders.ipynb #0afbee8d
+# %% ../nbs/04_loaders.ipynb #a0490c2b
 def _iter_fetches(self: AnnDataset, fetches, handle: list|None=None) -> 'Iterator[list[dict]]':
     "Raw mini-batches of each fetch (for DataLoader workers), the next fetch read by a background thread."
     if not self.prefetch: 
@@ -441,7 +477,7 @@ def _iter(self: AnnDataset):
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 AnnDataset._densify_all = _densify_all
 
-# %% ../nbs/04_loaders.ipynb #c076cb56
+# %% ../nbs/04_loaders.ipynb #6356b958
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
@@ -544,7 +580,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #0e8fd2fc
+# %% ../nbs/04_loaders.ipynb #5d30f2b8
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -628,7 +664,7 @@ def make_dataloader(dataset: AnnDataset, # the dataset to load from
     if num_workers: kwargs.setdefault('persistent_workers', True)
     return AnnDataLoader(dataset, num_workers=int(num_workers), **kwargs)
 
-# %% ../nbs/04_loaders.ipynb #260e9c7d
+# %% ../nbs/04_loaders.ipynb #50bfb952
 def _split_fracs(split) -> tuple:
     f = tuple(float(x) for x in split)
     if len(f) == 2: f = f + (0.0,)
