@@ -1437,15 +1437,17 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #c721d589
+# %% ../nbs/06_tokenizers.ipynb #ecc7ff21
 def tokenize_files(self: RankValueTokenizer,
                    paths, # one or many .h5ad files of raw counts (a file is one sample: neighbourhoods stay within it)
                    dtype=np.int32, # of the returned ids
                   ) -> list:
     "Token ids of every cell of `paths`, in file order, each file read whole with spatial_dl's reader; empty arrays for zero-count cells."
-    out = []
+    out, pool = [], None
     for path in _as_paths(paths):
         coll = self.open(path)
+        if pool is not None: coll._pool = pool    # the previous file's read buffers: fresh memory is slow to fault in
+        pool = coll._pool
         try:
             src, graph = _Source(self, coll), None
             if self.mode == 'neighborhood':       # built when needed, after X is read (on a thread beside the read it
@@ -1455,6 +1457,7 @@ def tokenize_files(self: RankValueTokenizer,
             key = self.total_key or ('n_counts' if self.stformer_compat and 'n_counts' in coll._infos[0].obs_columns else None)
             totals = None if key is None else np.asarray(coll.obs_column(key), np.float64)
             out += self._tokenize_matrix(X, coll.var_names, totals, graph, str(path), dtype)
+            del X                                 # its buffers are free for the next file
         finally: coll.close()
     return out
 
