@@ -45,7 +45,7 @@ def make_strategy(strategy: str|ShuffleStrategy='block', # 'block', 'random', 's
     if block_size is not None: raise ValueError(f"block_size applies to strategy='block' only, got strategy={strategy!r}")
     return _STRATEGIES[strategy](**kw)
 
-# %% ../nbs/04_loaders.ipynb #c33f2a55
+# %% ../nbs/04_loaders.ipynb #60c572fa
 try: from scipy.sparse._sparsetools import csr_todense as _csr_todense   # the compiled scatter behind toarray()
 except ImportError: _csr_todense = None
 
@@ -64,6 +64,13 @@ def _densify_rows_py(indptr, indices, data, out):
 class _DenseKernel:
     "The compiled densify loop: loaded once a process has densified `after` batches (None: not yet; False: unavailable)."
     fn, calls, after, lock = None, 0, 32, threading.Lock()
+
+# A fork while a thread loads the loop would leave numba's compiler lock held in the child (a DataLoader worker, whose
+# reader then uses numba, would wait forever): forks wait for the load, as for the reader's loop.
+def _dense_child_after_fork(): _DenseKernel.lock = threading.Lock()
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(before=lambda: _DenseKernel.lock.acquire(), after_in_parent=lambda: _DenseKernel.lock.release(),
+                        after_in_child=_dense_child_after_fork)
 
 def _dense_kernel():
     k = _DenseKernel
@@ -111,7 +118,7 @@ def csr_to_torch(X: sp.csr_matrix) -> torch.Tensor:
     return torch.sparse_csr_tensor(torch.from_numpy(ip), torch.from_numpy(ix),
                                    torch.from_numpy(np.asarray(X.data, np.float32)), size=X.shape, check_invariants=False)
 
-# %% ../nbs/04_loaders.ipynb #ca08a5c8
+# %% ../nbs/04_loaders.ipynb #135589cd
 def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
     "Rows `[a, b)` of `X` as a CSR matrix sharing `X`'s data and indices (no copy)."
     ip = X.indptr[a:b + 1]
@@ -122,7 +129,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #1b079f32
+# %% ../nbs/04_loaders.ipynb #eaf165eb
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -244,7 +251,7 @@ class AnnDataset(IterableDataset):
             cache[key] = p
         return p
 
-# %% ../nbs/04_loaders.ipynb #650a93ee
+# %% ../nbs/04_loaders.ipynb #3ff00ffb
 def _load_fetch(self: AnnDataset, rows: np.ndarray, blk=None) -> list[dict]:
     "Read one fetch (unless `blk` holds it already) and cut it into raw mini-batches (numpy/scipy, `before_dense` applied)."
     if blk is None: blk = self.reader.read(rows)
@@ -286,7 +293,7 @@ def _finish(self: AnnDataset, batch: dict) -> dict:
 
 AnnDataset._load_fetch, AnnDataset._densify, AnnDataset._after, AnnDataset._finish = _load_fetch, _densify, _after, _finish
 
-# %% ../nbs/04_loaders.ipynb #285de813
+# %% ../nbs/04_loaders.ipynb #dbfcf47b
 _END, _DONE = object(), object()
 
 class _Failure:
@@ -389,7 +396,7 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2,
             yield b
     finally: stop.set()        # threads finishing their last item stay in _LIVE (joined at exit) until they end
 
-# %% ../nbs/04_loaders.ipynb #a0490c2b
+# %% ../nbs/04_loaders.ipynb #b09220ff
 def _iter_fetches(self: AnnDataset, fetches, handle: list|None=None) -> 'Iterator[list[dict]]':
     "Raw mini-batches of each fetch (for DataLoader workers), the next fetch read by a background thread."
     if not self.prefetch: 
@@ -477,7 +484,7 @@ def _iter(self: AnnDataset):
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 AnnDataset._densify_all = _densify_all
 
-# %% ../nbs/04_loaders.ipynb #6356b958
+# %% ../nbs/04_loaders.ipynb #7d612d46
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
@@ -580,7 +587,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #5d30f2b8
+# %% ../nbs/04_loaders.ipynb #d791356e
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -664,7 +671,7 @@ def make_dataloader(dataset: AnnDataset, # the dataset to load from
     if num_workers: kwargs.setdefault('persistent_workers', True)
     return AnnDataLoader(dataset, num_workers=int(num_workers), **kwargs)
 
-# %% ../nbs/04_loaders.ipynb #50bfb952
+# %% ../nbs/04_loaders.ipynb #8c1c90ac
 def _split_fracs(split) -> tuple:
     f = tuple(float(x) for x in split)
     if len(f) == 2: f = f + (0.0,)
