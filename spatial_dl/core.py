@@ -118,7 +118,7 @@ def check_choice(value: str, name: str, choices) -> str:
     hint = f" did you mean {close[0]!r}?" if close else ''
     raise ValueError(f"{name} must be one of {choices}, got {value!r};{hint}".rstrip(';'))
 
-# %% ../nbs/00_core.ipynb #0f16201a
+# %% ../nbs/00_core.ipynb #de2e9e22
 _JITTED = {}
 
 def numba_jit(fn, # a function numba can compile in nopython mode
@@ -133,7 +133,21 @@ def numba_jit(fn, # a function numba can compile in nopython mode
         except ImportError: _JITTED[fn] = None
     return _JITTED[fn]
 
-# %% ../nbs/00_core.ipynb #23b7f020
+# Kernels compile (or load from numba's cache) on first use, sometimes on a loader's thread. A fork meanwhile would copy
+# numba's compiler lock, held, into the child (a DataLoader worker), which would wait forever at its first compiled
+# call: forks wait for a compile in progress. Registered when this module is imported, so it runs after the other
+# modules' fork hooks (they take their own locks before numba's, as their loading threads do).
+_NUMBA_HELD = []
+def _numba_lock_before_fork():
+    m = __import__('sys').modules.get('numba.core.compiler_lock')       # only once numba is in use
+    lock = getattr(m, 'global_compiler_lock', None)
+    if lock is not None: lock.acquire(); _NUMBA_HELD.append(lock)
+def _numba_lock_after_fork():
+    while _NUMBA_HELD: _NUMBA_HELD.pop().release()
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(before=_numba_lock_before_fork, after_in_parent=_numba_lock_after_fork, after_in_child=_numba_lock_after_fork)
+
+# %% ../nbs/00_core.ipynb #a690c9d5
 def cpu_count() -> int:
     "Cores this process may run on (its CPU affinity), at least 1."
     try: return max(1, len(os.sched_getaffinity(0)))
