@@ -6,7 +6,7 @@
 __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_medians', 'save_gene_medians', 'load_gene_medians',
            'TokenDictionary', 'value_key', 'RankValueTokenizer', 'tokenize_block_padded', 'tokenize_block',
            'spatial_graph', 'tokenize_adata', 'tokenize_files', 'tokenize_h5ad', 'load_example_lengths',
-           'TokenizeTransform', 'BinnedTokenizer', 'BinnedTransform', 'tokenize_main']
+           'tokenize_chunks', 'TokenizeTransform', 'BinnedTokenizer', 'BinnedTransform', 'tokenize_main']
 
 # %% ../nbs/06_tokenizers.ipynb #34aafb36
 import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading, itertools, collections, functools
@@ -1463,7 +1463,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #1cc01753
+# %% ../nbs/06_tokenizers.ipynb #f7a709cb
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1551,15 +1551,30 @@ def _record_batch(schema, file_index: int, rows: np.ndarray, ids: np.ndarray, le
                     _pa(v, pa.int64(), np.int64) if kind == 'int' else _pa(v, pa.float64(), np.float64))
     return pa.record_batch(cols, schema=schema), lens
 
+def _read_ahead(coll: H5adCollection, row_sets) -> 'Iterator[tuple]':
+    "(rows, X) for each array of sorted rows in `row_sets`, the next rows read on a thread while the caller works on these."
+    it = iter(row_sets)
+    rows = next(it, None)
+    pending = None if rows is None else _background(lambda r=rows: coll.read(r).X)
+    try:
+        while pending is not None:
+            cur, X = rows, pending()
+            rows = next(it, None)
+            pending = None if rows is None else _background(lambda r=rows: coll.read(r).X)
+            yield cur, X
+    finally:                   # stopped early: let the read in flight finish before the caller closes the file
+        if pending is not None:
+            try: pending()
+            except Exception: pass
+
 def _job_chunks(tok: RankValueTokenizer, src: _Source, start: int, stop: int, chunk_size: int, progress: bool):
     "(rows, ids, lengths) of rows [start, stop) of a one-file source, `chunk_size` rows at a time."
     coll = src.reader
     path, genes = coll.paths[0], coll.var_names
     bar = tqdm(range(start, stop, chunk_size), desc=Path(path).name, disable=not progress, leave=False)
     if tok.mode == 'spot' or tok.stformer_compat:
-        for s in bar:
-            rows = np.arange(s, min(s + chunk_size, stop))
-            yield rows, *src.tokenize(rows, coll.read(rows).X, ragged=True, dtype=np.int32)
+        for rows, X in _read_ahead(coll, (np.arange(s, min(s + chunk_size, stop)) for s in bar)):
+            yield rows, *src.tokenize(rows, X, ragged=True, dtype=np.int32)
         return
     if (start, stop) != (0, coll.n_obs):                  # part of a file: each chunk read with its neighbour rows, at once
         for s in bar:
@@ -1716,7 +1731,26 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #6004b7c5
+# %% ../nbs/06_tokenizers.ipynb #83a10092
+def tokenize_chunks(self: RankValueTokenizer,
+                    path, # one .h5ad file of raw counts
+                    chunk_size: int=2048, # cells per chunk
+                    progress: bool=False, # a progress bar over the file's chunks
+                   ) -> 'Iterator[tuple]':
+    """(rows, ids, lengths) of each `chunk_size` cells of `path`, in file order: `ids` are the chunk's token ids cell after
+    cell (int32; `np.split(ids, np.cumsum(lengths)[:-1])` gives them per cell), a zero-count cell has length 0. Memory
+    holds a few chunks (neighbourhood mode: the whole file, since any spot can be a neighbour)."""
+    check_positive_int(chunk_size, 'chunk_size')
+    coll = self.open(path)
+    try:
+        for rows, ids, lens in _job_chunks(self, _Source(self, coll), 0, coll.n_obs, chunk_size, progress):
+            if ids.ndim == 2: ids = ids[np.arange(ids.shape[1])[None, :] < lens[:, None]].astype(np.int32, copy=False)   # stformer_compat: padded
+            yield rows, ids, lens
+    finally: coll.close()
+
+RankValueTokenizer.tokenize_chunks = tokenize_chunks
+
+# %% ../nbs/06_tokenizers.ipynb #f43bf9ef
 class _OnArrival:
     "A batch entry built only where it is unpickled: `fn(*args)` (sent from a loader worker to the main process)."
     def __init__(self, fn, args): self.fn, self.args = fn, args
@@ -1808,7 +1842,7 @@ class TokenizeTransform:
         batch['length'] = torch.from_numpy(lens)
         return batch
 
-# %% ../nbs/06_tokenizers.ipynb #34d07360
+# %% ../nbs/06_tokenizers.ipynb #691df870
 class BinnedTokenizer:
     "scGPT-style tokens: expressed genes (dictionary ids) and per-cell quantile bins of their values, deterministic."
     def __init__(self, token_dict, # TokenDictionary, dict or path
@@ -1860,7 +1894,7 @@ class BinnedTokenizer:
             ids.append(t); vals.append(bv)
         return {'input_ids': ids, 'values': vals}
 
-# %% ../nbs/06_tokenizers.ipynb #d3682fec
+# %% ../nbs/06_tokenizers.ipynb #f91a5283
 class BinnedTransform:
     "Loader hook (`before_dense`): raw CSR batch → padded `input_ids`, `values` (bins), `attention_mask`, `length` (torch tensors)."
     def __init__(self, tokenizer: BinnedTokenizer, # the tokenizer to apply
@@ -1895,7 +1929,7 @@ class BinnedTransform:
                      length=torch.from_numpy(lens))
         return batch
 
-# %% ../nbs/06_tokenizers.ipynb #de26f2ae
+# %% ../nbs/06_tokenizers.ipynb #1ea2e0b0
 def _expand_inputs(items) -> list[str]:
     out = []
     for it in items:
