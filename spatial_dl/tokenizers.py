@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-# %% ../nbs/06_tokenizers.ipynb #add7642e
-from .core import atomic_write, check_positive_int, check_choice, dist_info, thread_map, default_threads
+# %% ../nbs/06_tokenizers.ipynb #f445f256
+from .core import atomic_write, check_positive_int, check_choice, dist_info, thread_map, default_threads, cpu_count
 from .readers import H5adCollection
 
 # %% ../nbs/06_tokenizers.ipynb #83cb584a
@@ -1463,7 +1463,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #f7a709cb
+# %% ../nbs/06_tokenizers.ipynb #9cbbf5b0
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1567,13 +1567,19 @@ def _read_ahead(coll: H5adCollection, row_sets) -> 'Iterator[tuple]':
             try: pending()
             except Exception: pass
 
+def _core_to_spare(tok: RankValueTokenizer) -> bool:
+    """Whether a core is left over by the tokenizing (its threads, or tokenize_h5ad's worker processes): only then is the
+    next chunk read while one is tokenized — with every core tokenizing, the read competes with them (2 cores: ~10% slower)."""
+    return (_N_WORKERS if _IN_WORKER else tok.num_threads or _default_threads()) < cpu_count()
+
 def _job_chunks(tok: RankValueTokenizer, src: _Source, start: int, stop: int, chunk_size: int, progress: bool):
     "(rows, ids, lengths) of rows [start, stop) of a one-file source, `chunk_size` rows at a time."
     coll = src.reader
     path, genes = coll.paths[0], coll.var_names
     bar = tqdm(range(start, stop, chunk_size), desc=Path(path).name, disable=not progress, leave=False)
     if tok.mode == 'spot' or tok.stformer_compat:
-        for rows, X in _read_ahead(coll, (np.arange(s, min(s + chunk_size, stop)) for s in bar)):
+        chunks = (np.arange(s, min(s + chunk_size, stop)) for s in bar)
+        for rows, X in (_read_ahead(coll, chunks) if _core_to_spare(tok) else ((r, coll.read(r).X) for r in chunks)):
             yield rows, *src.tokenize(rows, X, ragged=True, dtype=np.int32)
         return
     if (start, stop) != (0, coll.n_obs):                  # part of a file: each chunk read with its neighbour rows, at once
@@ -1630,12 +1636,12 @@ def _tokenize_job(tok, path, file_index, start, stop, obs_keys, obs_types, chunk
     return dict(tok.stats, filtered_out=filtered), np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
 
 
-_WORKER_TOK = None
-def _mark_worker(tok: RankValueTokenizer|None=None):
+_WORKER_TOK, _N_WORKERS = None, 1
+def _mark_worker(tok: RankValueTokenizer|None=None, n_workers: int=1):
     """In a tokenize_h5ad worker process: rank blocks on one thread (the processes are the parallelism); the tokenizer,
     inherited through fork once per worker instead of pickled with every job (20,000 genes: 0.7 MB, ~18 ms a job)."""
-    global _IN_WORKER, _WORKER_TOK
-    _IN_WORKER, _WORKER_TOK = True, tok
+    global _IN_WORKER, _WORKER_TOK, _N_WORKERS
+    _IN_WORKER, _WORKER_TOK, _N_WORKERS = True, tok, n_workers
 
 def tokenize_h5ad(paths, # .h5ad files of raw counts
                   out_dir: str|Path, # the dataset folder to create (`datasets.load_from_disk(out_dir)`)
@@ -1701,7 +1707,7 @@ def tokenize_h5ad(paths, # .h5ad files of raw counts
         if workers is None:
             for a in args(): res.append(_tokenize_job(*a)); bar.update()
         else:
-            for r in _process_imap(_tokenize_job, args(), workers, initializer=_mark_worker, n_jobs=len(jobs), initargs=(tokenizer,)):
+            for r in _process_imap(_tokenize_job, args(), workers, initializer=_mark_worker, n_jobs=len(jobs), initargs=(tokenizer, workers)):
                 res.append(r); bar.update()
         bar.close()
         _write_hf_state(final, names, obs_types)
