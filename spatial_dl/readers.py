@@ -614,24 +614,40 @@ def _obs_categories(self: H5adCollection, key: str) -> list|None:
 
 H5adCollection.obs_column, H5adCollection.obs_categories = _obs_column, _obs_categories
 
-# %% ../nbs/03_readers.ipynb #c0fc8198
+# %% ../nbs/03_readers.ipynb #7edae5cd
 class BufferPool:
     "A few reusable byte arenas; `take(n)` returns an n-byte uint8 view of an arena nobody else references."
     def __init__(self, max_buffers: int=8): # arenas kept for reuse (more are allocated, unpooled, when all are busy)
         self.max_buffers, self._arenas, self._lock = max_buffers, [], threading.Lock()
 
     def take(self, nbytes: int) -> np.ndarray:
-        "An uninitialised uint8 array of `nbytes` bytes."
-        nbytes = int(nbytes)
+        "An uninitialised uint8 array of `nbytes` bytes: a free arena large enough, else a new one (or a free one, enlarged)."
+        nbytes, small = int(nbytes), None
         with self._lock:
             for k in range(len(self._arenas)):
                 if sys.getrefcount(self._arenas[k]) == 2:   # only our list refers to it: free
-                    if self._arenas[k].nbytes < nbytes: self._arenas[k] = np.empty(nbytes + nbytes // 4, np.uint8)
-                    return self._arenas[k][:nbytes]
+                    if self._arenas[k].nbytes >= nbytes: return self._arenas[k][:nbytes]
+                    if small is None: small = k
             if len(self._arenas) < self.max_buffers:
                 self._arenas.append(np.empty(nbytes + nbytes // 4, np.uint8))
                 return self._arenas[-1][:nbytes]
+            if small is not None:
+                self._arenas[small] = np.empty(nbytes + nbytes // 4, np.uint8)
+                return self._arenas[small][:nbytes]
         return np.empty(nbytes, np.uint8)
+
+    def reserve(self, count: int, # arenas the pool should hold (at most `max_buffers`)
+                nbytes: int, # the size of each new one
+               ) -> int:
+        "Add arenas of `nbytes` until the pool holds `count`, each paged in here, outside the lock; how many were added."
+        added, count = 0, min(int(count), self.max_buffers)
+        while len(self._arenas) < count:
+            a = np.empty(int(nbytes), np.uint8)
+            if a.nbytes: ctypes.memset(a.ctypes.data, 0, a.nbytes)   # first touch (the slow part), GIL released
+            with self._lock:
+                if len(self._arenas) >= count: break
+                self._arenas.append(a); added += 1
+        return added
 
     def array(self, shape, dtype) -> np.ndarray:
         "An uninitialised array of `shape` and `dtype` from the pool."
