@@ -129,7 +129,7 @@ def _csr_rows(X: sp.csr_matrix, a: int, b: int) -> sp.csr_matrix:
 
 def _identity(x): return x
 
-# %% ../nbs/04_loaders.ipynb #1735854b
+# %% ../nbs/04_loaders.ipynb #eaf165eb
 _OUTPUTS = ('dense', 'sparse', 'scipy')
 
 class AnnDataset(IterableDataset):
@@ -209,7 +209,6 @@ class AnnDataset(IterableDataset):
     def __getstate__(self):
         d = self.__dict__.copy()
         d.pop('_ahead', None)                  # a read of the next epoch in progress stays with this process
-        d.pop('_reserving', None)              # (as does paging in its buffers)
         d.pop('_plans', None)                  # plans are cheap to remake and may be large
         if d['rank'] is None:
             # Inside a distributed job, spawned DataLoader workers cannot discover the rank: pin it. Outside one (e.g. a
@@ -397,7 +396,7 @@ def _pipelined(items, work, n_threads: int, queue_size: int=2,
             yield b
     finally: stop.set()        # threads finishing their last item stay in _LIVE (joined at exit) until they end
 
-# %% ../nbs/04_loaders.ipynb #0cb2cd6a
+# %% ../nbs/04_loaders.ipynb #b09220ff
 def _iter_fetches(self: AnnDataset, fetches, handle: list|None=None) -> 'Iterator[list[dict]]':
     "Raw mini-batches of each fetch (for DataLoader workers), the next fetch read by a background thread."
     if not self.prefetch: 
@@ -480,33 +479,12 @@ def _iter(self: AnnDataset):
             if nxt is not None: self._ahead = _ReadAhead(self.reader, nxt)
         if f is first and blk is not None: return self._densify_all(self._load_fetch(f, blk))
         return self._densified(f)
-    for k, b in enumerate(_pipelined(fetches, work, 1 if in_worker else self.num_threads)):
-        yield self._after(b)
-        if k == 1 and len(fetches) >= 4: self._reserve_buffers()    # a full fetch has been read: its size is known
-
-def _reserve_buffers(self: AnnDataset, reader: bool=True):
-    """Page in, on a background thread, the buffers a running pipeline ends up using, once per process: the reader's
-    arenas (as large as the largest so far) and `2 + 3 × num_threads` dense batches. Grown only when first needed, the
-    pools gained their last arenas 1.5–3.5 s into a run, each a ~60 ms stall for fresh memory on this machine."""
-    if getattr(self, '_reserved', None) == os.getpid(): return
-    self._reserved, jobs = os.getpid(), []
-    rp = self.reader._pool
-    if reader and isinstance(rp, BufferPool) and rp._arenas: jobs.append((rp, rp.max_buffers, max(a.nbytes for a in rp._arenas)))
-    if self.output == 'dense': jobs.append((self._dense_pool, 2 + 3 * self.num_threads, self.batch_size * self.reader.n_vars * 4))
-    def run():
-        try:
-            for pool, n, nbytes in jobs: pool.reserve(n, nbytes)
-        finally: _LIVE.pop(id(self._reserving), None)
-    self._reserving = threading.Thread(target=run, daemon=True, name='spatial_dl-reserve')
-    _LIVE[id(self._reserving)] = (threading.Event(), [self._reserving])      # joined at exit like the pipelines' threads
-    self._reserving.start()
-
-AnnDataset._reserve_buffers = _reserve_buffers
+    for b in _pipelined(fetches, work, 1 if in_worker else self.num_threads): yield self._after(b)
 
 AnnDataset._iter_fetches, AnnDataset._worker_fetches, AnnDataset._densified, AnnDataset._iter = _iter_fetches, _worker_fetches, _densified, _iter
 AnnDataset._densify_all = _densify_all
 
-# %% ../nbs/04_loaders.ipynb #144f8849
+# %% ../nbs/04_loaders.ipynb #7d612d46
 class _EpochSampler(_InfiniteConstantSampler):
     "The sampler of an iterable-style DataLoader, whose `set_epoch` (called by Lightning) reaches the dataset."
     def __init__(self, ds): super().__init__(); self.ds = ds
@@ -609,7 +587,7 @@ class _FetchStream(IterableDataset):
             for k in used: pool.arenas.pop(k, None)   # the item (and then the main process) now owns them
             yield item
 
-# %% ../nbs/04_loaders.ipynb #8acd4bf7
+# %% ../nbs/04_loaders.ipynb #d791356e
 _REFUSED = {'shuffle': "the dataset's strategy decides the order (strategy='block'|'random'|'sequential')",
             'batch_size': "set batch_size on the dataset; the DataLoader must use batch_size=None",
             'sampler': "the dataset plans its own rows; pass indices=... to the dataset",
@@ -674,9 +652,7 @@ class AnnDataLoader(DataLoader):
             while item: yield ds._densify(_unpack(item.pop()))
             if ring is not None:
                 for w, k in slots: ring[w, k] = 0       # densified: the worker may refill these arenas
-        for k, b in enumerate(_pipelined(super().__iter__(), work, ds.num_threads if ds.prefetch else 1, handle=self._pipe)):
-            yield ds._after(b)
-            if k == 1 and len(ds) >= 4 * getattr(ds.strategy, 'fetch_factor', 16): ds._reserve_buffers(reader=False)   # workers read: dense only
+        for b in _pipelined(super().__iter__(), work, ds.num_threads if ds.prefetch else 1, handle=self._pipe): yield ds._after(b)
 
     def __len__(self) -> int: return len(self.ann_dataset)
     def set_epoch(self, epoch: int): self.ann_dataset.set_epoch(epoch)
@@ -695,7 +671,7 @@ def make_dataloader(dataset: AnnDataset, # the dataset to load from
     if num_workers: kwargs.setdefault('persistent_workers', True)
     return AnnDataLoader(dataset, num_workers=int(num_workers), **kwargs)
 
-# %% ../nbs/04_loaders.ipynb #87c22797
+# %% ../nbs/04_loaders.ipynb #8c1c90ac
 def _split_fracs(split) -> tuple:
     f = tuple(float(x) for x in split)
     if len(f) == 2: f = f + (0.0,)

@@ -614,7 +614,7 @@ def _obs_categories(self: H5adCollection, key: str) -> list|None:
 
 H5adCollection.obs_column, H5adCollection.obs_categories = _obs_column, _obs_categories
 
-# %% ../nbs/03_readers.ipynb #7edae5cd
+# %% ../nbs/03_readers.ipynb #ee3946ed
 class BufferPool:
     "A few reusable byte arenas; `take(n)` returns an n-byte uint8 view of an arena nobody else references."
     def __init__(self, max_buffers: int=8): # arenas kept for reuse (more are allocated, unpooled, when all are busy)
@@ -635,19 +635,6 @@ class BufferPool:
                 self._arenas[small] = np.empty(nbytes + nbytes // 4, np.uint8)
                 return self._arenas[small][:nbytes]
         return np.empty(nbytes, np.uint8)
-
-    def reserve(self, count: int, # arenas the pool should hold (at most `max_buffers`)
-                nbytes: int, # the size of each new one
-               ) -> int:
-        "Add arenas of `nbytes` until the pool holds `count`, each paged in here, outside the lock; how many were added."
-        added, count = 0, min(int(count), self.max_buffers)
-        while len(self._arenas) < count:
-            a = np.empty(int(nbytes), np.uint8)
-            if a.nbytes: ctypes.memset(a.ctypes.data, 0, a.nbytes)   # first touch (the slow part), GIL released
-            with self._lock:
-                if len(self._arenas) >= count: break
-                self._arenas.append(a); added += 1
-        return added
 
     def array(self, shape, dtype) -> np.ndarray:
         "An uninitialised array of `shape` and `dtype` from the pool."
