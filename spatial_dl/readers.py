@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['RAW_X', 'GAP_BYTES', 'PARALLEL_READ_BYTES', 'ReaderError', 'ReadBlock', 'H5adCollection', 'BufferPool']
 
-# %% ../nbs/03_readers.ipynb #1b77bf30
-import os, sys, errno, threading, zlib, ctypes
+# %% ../nbs/03_readers.ipynb #7fda01e3
+import os, sys, errno, threading, zlib, ctypes, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -614,11 +614,19 @@ def _obs_categories(self: H5adCollection, key: str) -> list|None:
 
 H5adCollection.obs_column, H5adCollection.obs_categories = _obs_column, _obs_categories
 
-# %% ../nbs/03_readers.ipynb #ee3946ed
+# %% ../nbs/03_readers.ipynb #511c440c
+# A fork while a loader thread is inside `take` would copy the pool's lock, held, into the child (a DataLoader worker
+# reusing an inherited pool would then wait forever): every live pool gets a fresh lock in the child.
+_POOLS = weakref.WeakSet()
+def _pools_after_fork():
+    for p in list(_POOLS): p._lock = threading.Lock()
+if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_pools_after_fork)
+
 class BufferPool:
     "A few reusable byte arenas; `take(n)` returns an n-byte uint8 view of an arena nobody else references."
     def __init__(self, max_buffers: int=8): # arenas kept for reuse (more are allocated, unpooled, when all are busy)
         self.max_buffers, self._arenas, self._lock = max_buffers, [], threading.Lock()
+        _POOLS.add(self)
 
     def take(self, nbytes: int) -> np.ndarray:
         "An uninitialised uint8 array of `nbytes` bytes: a free arena large enough, else a new one (or a free one, enlarged)."
@@ -645,14 +653,14 @@ class BufferPool:
     def __getstate__(self): return {'max_buffers': self.max_buffers}
     def __setstate__(self, d): self.__init__(d['max_buffers'])
 
-# %% ../nbs/03_readers.ipynb #c793c6bc
+# %% ../nbs/03_readers.ipynb #c6c562a4
 def _csr(data, indices, indptr, shape) -> sp.csr_matrix:
     "A CSR matrix wrapping (not copying) `data`, `indices`, `indptr` (indices and indptr of one dtype)."
     m = sp.csr_matrix(tuple(int(s) for s in shape), dtype=data.dtype)
     m.data, m.indices, m.indptr = data, indices, indptr
     return m
 
-# %% ../nbs/03_readers.ipynb #fe82e600
+# %% ../nbs/03_readers.ipynb #21f2a947
 _IOV_MAX = 1024
 
 def _preadv_scatter(fd: int, bufs: list, offset: int):
@@ -868,7 +876,7 @@ def _read_general(self: H5adCollection, rows: np.ndarray, fid: np.ndarray) -> sp
 
 H5adCollection._read_fast, H5adCollection._read_general = _read_fast, _read_general
 
-# %% ../nbs/03_readers.ipynb #ae90ce07
+# %% ../nbs/03_readers.ipynb #08887e7f
 def _read(self: H5adCollection,
           rows, # global row ids, in the order wanted (any order; repeats allowed)
         ) -> ReadBlock:
