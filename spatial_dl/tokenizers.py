@@ -8,8 +8,9 @@ __all__ = ['SPECIAL_TOKENS', 'TokenizerError', 'MedianAccumulator', 'gene_median
            'spatial_graph', 'tokenize_adata', 'tokenize_files', 'tokenize_h5ad', 'load_example_lengths',
            'tokenize_chunks', 'TokenizeTransform', 'BinnedTokenizer', 'BinnedTransform', 'tokenize_main']
 
-# %% ../nbs/06_tokenizers.ipynb #34aafb36
+# %% ../nbs/06_tokenizers.ipynb #75e92d16
 import os, sys, json, math, pickle, time, warnings, argparse, tempfile, shutil, threading, itertools, collections, functools
+from typing import Iterator
 from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
@@ -1465,7 +1466,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #36dc7b16
+# %% ../nbs/06_tokenizers.ipynb #1de32242
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1553,7 +1554,7 @@ def _record_batch(schema, file_index: int, rows: np.ndarray, ids: np.ndarray, le
                     _pa(v, pa.int64(), np.int64) if kind == 'int' else _pa(v, pa.float64(), np.float64))
     return pa.record_batch(cols, schema=schema), lens
 
-def _read_ahead(coll: H5adCollection, row_sets) -> 'Iterator[tuple]':
+def _read_ahead(coll: H5adCollection, row_sets) -> Iterator[tuple]:
     "(rows, X) for each array of sorted rows in `row_sets`, the next rows read on a thread while the caller works on these."
     it = iter(row_sets)
     rows = next(it, None)
@@ -1739,12 +1740,12 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #58c11a27
+# %% ../nbs/06_tokenizers.ipynb #8f3e0ab9
 def tokenize_chunks(self: RankValueTokenizer,
                     path, # one .h5ad file of raw counts
                     chunk_size: int=2048, # cells per chunk
                     progress: bool=False, # a progress bar over the file's chunks
-                   ) -> 'Iterator[tuple]':
+                   ) -> Iterator[tuple]:
     """(rows, ids, lengths) of each `chunk_size` cells of `path`, in file order: `ids` are the chunk's token ids cell after
     cell (int32; `np.split(ids, np.cumsum(lengths)[:-1])` gives them per cell), a zero-count cell has length 0. Memory
     holds a few chunks (neighbourhood mode: the whole file, since any spot can be a neighbour)."""
