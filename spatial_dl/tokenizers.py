@@ -435,7 +435,7 @@ def _rank_rows(indptr: np.ndarray, # CSR row pointer of the kept entries
         out[R, :k] = P[:, :k] & mask
     return out, out_len
 
-# %% ../nbs/06_tokenizers.ipynb #df71929b
+# %% ../nbs/06_tokenizers.ipynb #114473af
 _NUMBA = None                 # None: not looked up yet; False: numba missing or disabled; else the compiled kernels
 
 def _row_stats_py(data, a, b):
@@ -675,11 +675,13 @@ def _out_after_fork(): _OUT._lock = threading.Lock()   # a fork while a thread h
 if hasattr(os, 'register_at_fork'): os.register_at_fork(after_in_child=_out_after_fork)
 _LOCAL = threading.local()
 def _scratch(name: str, n: int, dtype, zero: bool=False) -> np.ndarray:
-    "A per-thread scratch array (grown as needed, reused across calls: fresh memory is costly to fault in); `zero`: zeroed when new."
+    """A per-thread scratch array (grown as needed, reused across calls: fresh memory is costly to fault in); `zero`:
+    zeroed when new. Grown to 1.25 × what is asked, not doubled: a slide's 1,024-spot blocks need ~20 MB of neighbour keys
+    each, a few % more or less, and doubling on the second block faulted in 40 MB more of fresh memory."""
     d = _LOCAL.__dict__
     a = d.get(name)
     if a is None or len(a) < n or a.dtype != dtype:
-        size = max(int(n), 2 * len(a) if a is not None and a.dtype == dtype else 0)
+        size = int(n) + int(n) // 4
         a = d[name] = np.zeros(size, dtype) if zero else np.empty(size, dtype)
     return a[:n]
 
@@ -722,7 +724,7 @@ def _warm_numba():
     K.mask(lens, ids.copy())
     for dt in (np.uint16, np.int32, np.int64): K.expand(flat.astype(dt), lens, 0, ids)
 
-# %% ../nbs/06_tokenizers.ipynb #2ce31afa
+# %% ../nbs/06_tokenizers.ipynb #eab96338
 class _ColumnMap:
     "Per-column token id (-1: unknown) and median for one gene list; an aggregation matrix when ids repeat."
     def __init__(self, gene_ids, td: TokenDictionary, medians: dict):
@@ -749,7 +751,7 @@ class _ColumnMap:
     def matches(self, gene_ids) -> bool:
         return len(gene_ids) == len(self.genes) and bool((np.asarray(gene_ids).astype(str) == self.genes).all())
 
-# %% ../nbs/06_tokenizers.ipynb #0d0aae03
+# %% ../nbs/06_tokenizers.ipynb #fb8503a8
 def _as_token_dict(td) -> TokenDictionary:
     if isinstance(td, TokenDictionary): return td
     if isinstance(td, (str, os.PathLike)): return TokenDictionary.load(td)
@@ -832,7 +834,7 @@ class RankValueTokenizer:
                                      f"{self.td.genes[:3]})")
         return self._cmap
 
-# %% ../nbs/06_tokenizers.ipynb #9e4149da
+# %% ../nbs/06_tokenizers.ipynb #01f8b3c7
 def _entries(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np.ndarray):
     "Kept entries of block X (known gene, value > 0, cell total > 0): CSR indptr, float64 values, token ids."
     if cm.agg is not None: X = (X @ cm.agg).tocsr(); X.sort_indices()
@@ -854,7 +856,7 @@ def _rank(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, totals: np
 
 RankValueTokenizer._entries, RankValueTokenizer._rank = _entries, _rank
 
-# %% ../nbs/06_tokenizers.ipynb #6ff58bf7
+# %% ../nbs/06_tokenizers.ipynb #0e252e36
 def _as_csr(X) -> sp.csr_matrix:
     "X as CSR without copying when it already is (re-wrapping a CSR whose arrays are views makes scipy copy them)."
     return X if isinstance(X, (sp.csr_matrix, getattr(sp, 'csr_array', sp.csr_matrix))) else sp.csr_matrix(X)
@@ -1047,7 +1049,7 @@ def _tokenize_numpy(self: RankValueTokenizer, X: sp.csr_matrix, cm: _ColumnMap, 
     self.stats['cells'] += int((~zero).sum()); self.stats['zero_cells'] += int(zero.sum()); self.stats['tokens'] += int(lens.sum())
     return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #272ee2bc
+# %% ../nbs/06_tokenizers.ipynb #38d52263
 def _frame(self: RankValueTokenizer, parts: list) -> tuple[np.ndarray, np.ndarray]:
     "Concatenate padded parts [(ids, lengths), ...] row-wise, adding <cls>/<eos> when asked; padded ids and lengths."
     if len(parts) == 1 and not self.special_tokens: return parts[0][0], parts[0][1].copy()
@@ -1119,7 +1121,7 @@ def _per_row(ids: np.ndarray, lens: np.ndarray) -> list:
 RankValueTokenizer._frame, RankValueTokenizer.tokenize_block_padded, RankValueTokenizer.tokenize_block = _frame, tokenize_block_padded, tokenize_block
 RankValueTokenizer._tokenize = _tokenize
 
-# %% ../nbs/06_tokenizers.ipynb #048286f6
+# %% ../nbs/06_tokenizers.ipynb #5384baac
 def _coords(coords, where: str) -> np.ndarray:
     "Spot coordinates as a float64 n × d array; an error naming `where` for a wrong shape or missing values."
     xy = np.asarray(coords, np.float64)
@@ -1164,7 +1166,7 @@ def spatial_graph(coords, # n × 2 (or 3) coordinates
     A.sum_duplicates(); A.data[:] = 1
     return A
 
-# %% ../nbs/06_tokenizers.ipynb #c7555b34
+# %% ../nbs/06_tokenizers.ipynb #9d5f538e
 def _graph_for(self: RankValueTokenizer, obsp: dict, obsm: dict, n: int, where: str,
                build: bool=True, # False: only check the inputs (no triangulation); returns None when coordinates would be used
               ) -> sp.csr_matrix|None:
@@ -1263,7 +1265,7 @@ def _var_column(adata, key, where):
 RankValueTokenizer._graph_for, RankValueTokenizer.tokenize_adata, RankValueTokenizer._tokenize_matrix = _graph_for, tokenize_adata, _tokenize_matrix
 RankValueTokenizer._neighborhood_blocks = _neighborhood_blocks
 
-# %% ../nbs/06_tokenizers.ipynb #b54e6bd3
+# %% ../nbs/06_tokenizers.ipynb #4c92ad2c
 def _stformer_delaunay(coords, where='coords') -> sp.csr_matrix:
     "stFormer's Delaunay graph: every triangle adds its three edges both ways (shared edges get weight 2), float64."
     from scipy.spatial import Delaunay
@@ -1327,7 +1329,7 @@ def _compat_block(self: RankValueTokenizer, X, gene_ids, totals=None, neighbor_X
 
 RankValueTokenizer._compat_columns, RankValueTokenizer._compat_block = _compat_columns, _compat_block
 
-# %% ../nbs/06_tokenizers.ipynb #18fac0bd
+# %% ../nbs/06_tokenizers.ipynb #f25136bd
 def _read_elem(node):
     "An obsp/obsm element of an open h5ad: CSR/CSC groups and plain arrays with h5py (fast), anything else through anndata."
     import h5py
@@ -1440,7 +1442,7 @@ class _Source:
         for pos, a, l in out: ids[pos, :a.shape[1]] = a; lens[pos] = l
         return ids, lens
 
-# %% ../nbs/06_tokenizers.ipynb #b4dbaaea
+# %% ../nbs/06_tokenizers.ipynb #40227a41
 def tokenize_files(self: RankValueTokenizer,
                    paths, # one or many .h5ad files of raw counts (a file is one sample: neighbourhoods stay within it)
                    dtype=np.int32, # of the returned ids
@@ -1466,7 +1468,7 @@ def tokenize_files(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_files = tokenize_files
 
-# %% ../nbs/06_tokenizers.ipynb #1de32242
+# %% ../nbs/06_tokenizers.ipynb #3ebe4480
 def _obs_values(coll: H5adCollection, key: str) -> np.ndarray:
     "obs column `key` of a one-file collection as labels (categorical) or numbers."
     codes, cats = coll.obs_column(key), coll.obs_categories(key)
@@ -1740,7 +1742,7 @@ def load_example_lengths(path: str|Path) -> list:
     if not isinstance(d, list): raise TokenizerError(f"{path}: expected a pickled list of lengths, got {type(d).__name__}")
     return d
 
-# %% ../nbs/06_tokenizers.ipynb #8f3e0ab9
+# %% ../nbs/06_tokenizers.ipynb #e047dadd
 def tokenize_chunks(self: RankValueTokenizer,
                     path, # one .h5ad file of raw counts
                     chunk_size: int=2048, # cells per chunk
@@ -1759,7 +1761,7 @@ def tokenize_chunks(self: RankValueTokenizer,
 
 RankValueTokenizer.tokenize_chunks = tokenize_chunks
 
-# %% ../nbs/06_tokenizers.ipynb #3bf9bc61
+# %% ../nbs/06_tokenizers.ipynb #f318df2a
 class _OnArrival:
     "A batch entry built only where it is unpickled: `fn(*args)` (sent from a loader worker to the main process)."
     def __init__(self, fn, args): self.fn, self.args = fn, args
@@ -1851,7 +1853,7 @@ class TokenizeTransform:
         batch['length'] = torch.from_numpy(lens)
         return batch
 
-# %% ../nbs/06_tokenizers.ipynb #1ddda5d2
+# %% ../nbs/06_tokenizers.ipynb #7a3d10f2
 class BinnedTokenizer:
     "scGPT-style tokens: expressed genes (dictionary ids) and per-cell quantile bins of their values, deterministic."
     def __init__(self, token_dict, # TokenDictionary, dict or path
@@ -1903,7 +1905,7 @@ class BinnedTokenizer:
             ids.append(t); vals.append(bv)
         return {'input_ids': ids, 'values': vals}
 
-# %% ../nbs/06_tokenizers.ipynb #0ba3624f
+# %% ../nbs/06_tokenizers.ipynb #835e31dc
 class BinnedTransform:
     "Loader hook (`before_dense`): raw CSR batch → padded `input_ids`, `values` (bins), `attention_mask`, `length` (torch tensors)."
     def __init__(self, tokenizer: BinnedTokenizer, # the tokenizer to apply
@@ -1938,7 +1940,7 @@ class BinnedTransform:
                      length=torch.from_numpy(lens))
         return batch
 
-# %% ../nbs/06_tokenizers.ipynb #76459f05
+# %% ../nbs/06_tokenizers.ipynb #80eddae8
 def _expand_inputs(items) -> list[str]:
     out = []
     for it in items:
